@@ -1,0 +1,82 @@
+"""shardemb: a sharded, large-vocabulary embedding store on Ray, with a drop-in Keras layer.
+
+Example:
+    >>> import shardemb
+    >>> store = shardemb.EmbeddingStore.create("doc-init", 100, 4, num_shards=2, seed=0,
+    ...                                        backend="inprocess")
+    >>> store.lookup([[1, 2], [3, 4]]).shape
+    (2, 2, 4)
+    >>> store.close()
+
+The Keras layer (``ShardedEmbedding``) and the checkpoint callback import TensorFlow; they
+load on first use, so shard actors and pure-numpy users never pay for it.
+"""
+
+from __future__ import annotations
+
+from shardemb.backends import ShardResources
+from shardemb.errors import (
+    CapacityError,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    ClusterConnectionError,
+    DataFormatError,
+    InvalidConfigError,
+    InvalidGradientError,
+    InvalidIdsError,
+    ShardembError,
+    ShardError,
+    ShardTimeoutError,
+    ShardUnavailableError,
+    TableExistsError,
+    TableNotFoundError,
+)
+from shardemb.optimizers import SGD, Adagrad, Adam, Ftrl, RowWiseAdagrad, SparseOptimizer
+from shardemb.store import EmbeddingStore
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ShardedEmbedding": "shardemb.layer",
+    "CheckpointManager": "shardemb.checkpoint",
+    "TableCheckpoint": "shardemb.layer",
+}
+
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "CapacityError",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointManager",
+    "CheckpointNotFoundError",
+    "ClusterConnectionError",
+    "DataFormatError",
+    "EmbeddingStore",
+    "Ftrl",
+    "InvalidConfigError",
+    "InvalidGradientError",
+    "InvalidIdsError",
+    "RowWiseAdagrad",
+    "ShardError",
+    "ShardResources",
+    "ShardTimeoutError",
+    "ShardUnavailableError",
+    "ShardedEmbedding",
+    "ShardembError",
+    "SparseOptimizer",
+    "TableCheckpoint",
+    "TableExistsError",
+    "TableNotFoundError",
+]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shardemb' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,303 @@
+"""Where shards run: Ray actors (the default) or plain objects in this process.
+
+This is the one module that applies ``ray.remote`` and the one boundary where Ray's
+exceptions become shardemb's own. The in-process backend runs the same :class:`Shard`
+objects synchronously; it serves fast unit tests and users who want a store without Ray
+(like httpx's ``MockTransport``).
+
+Both backends expose: ``create``, ``attach``, ``submit`` (returns a future), ``get``
+(values of futures, or the first error as a shardemb error), ``done`` (non-blocking split
+of futures), ``kill`` and ``node_of``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardemb.config import TableConfig
+from shardemb.errors import (
+    ClusterConnectionError,
+    ShardembError,
+    ShardError,
+    ShardTimeoutError,
+    ShardUnavailableError,
+    TableExistsError,
+    TableNotFoundError,
+)
+from shardemb.shard import Shard
+
+__all__ = ["BACKENDS", "InProcessBackend", "RayBackend", "ShardResources", "get_backend"]
+
+BACKENDS = ("ray", "inprocess")
+NAMESPACE = "shardemb"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardResources:
+    """What each shard actor asks Ray for."""
+
+    num_cpus: float = 0.0
+    """CPUs reserved per shard. 0 lets many shards share a small machine; reserve 1 per
+    shard on a real cluster so shards do not compete with training processes."""
+    num_gpus: float = 0.0
+    """GPUs per shard; ``device="gpu"`` makes it 1 unless set."""
+    memory: int | None = None
+    """Bytes of memory reserved per shard (Ray's ``memory`` resource); default: none."""
+    spread: bool = True
+    """Spread shards over nodes (Ray's SPREAD scheduling) rather than packing them."""
+    resources: dict = field(default_factory=dict)
+    """Extra custom resources per shard, e.g. ``{"shard_node": 0.01}``."""
+
+
+def actor_name(table: str, index: int) -> str:
+    return f"{table}/shard-{index}"
+
+
+# --------------------------------------------------------------------------------------
+# In-process backend
+# --------------------------------------------------------------------------------------
+class _Done:
+    """A resolved future."""
+
+    __slots__ = ("value", "error")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None):
+        self.value, self.error = value, error
+
+
+class InProcessBackend:
+    """Shards as plain objects in this process, called synchronously."""
+
+    name = "inprocess"
+    _tables: dict[str, list[Shard]] = {}
+    _lock = threading.Lock()
+
+    def create(self, config: TableConfig, resources: ShardResources, detached: bool = False,
+               initialize: bool = True):  # fmt: skip
+        with self._lock:
+            if config.name in self._tables:
+                raise TableExistsError(
+                    f"A table named {config.name!r} already exists in this process. "
+                    f"Received: name={config.name!r}"
+                )
+            shards = [Shard(config, i, initialize=initialize) for i in range(config.num_shards)]
+            self._tables[config.name] = shards
+        return shards
+
+    def attach(self, name: str) -> tuple[TableConfig, list]:
+        shards = self._tables.get(name)
+        if shards is None:
+            raise TableNotFoundError(f"No table named {name!r} in this process.")
+        return shards[0].config, shards
+
+    def submit(self, handle: Shard, method: str, *args) -> _Done:
+        try:
+            return _Done(getattr(handle, method)(*args))
+        except ShardembError as err:
+            return _Done(error=err)
+        except Exception as err:  # noqa: BLE001 - reported like a remote failure
+            return _Done(error=ShardError(f"Shard {handle.index} failed in {method}: {err!r}"))
+
+    def get(self, futures: list, timeout: float | None = None) -> list:
+        for f in futures:
+            if f.error is not None:
+                raise f.error
+        return [f.value for f in futures]
+
+    def done(self, futures: list) -> tuple[list, list]:
+        return list(futures), []
+
+    def wait(self, futures: list, timeout: float | None = None) -> None:
+        return None
+
+    def kill(self, name: str, handles: list) -> None:
+        with self._lock:
+            if self._tables.get(name) is handles:
+                del self._tables[name]
+
+    def node_of(self, handles: list) -> list[dict]:
+        return [{"node_id": "local", "pid": os.getpid()} for _ in handles]
+
+
+# --------------------------------------------------------------------------------------
+# Ray backend
+# --------------------------------------------------------------------------------------
+class RayBackend:
+    """Shards as named Ray actors in the ``shardemb`` namespace."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None):
+        import ray
+
+        self._ray = ray
+        ensure_ray(address)
+        self._actor_cls = None
+
+    def _cls(self):
+        if self._actor_cls is None:
+            self._actor_cls = self._ray.remote(_ShardActor)
+        return self._actor_cls
+
+    def create(self, config: TableConfig, resources: ShardResources, detached: bool = False,
+               initialize: bool = True):  # fmt: skip
+        if self._exists(actor_name(config.name, 0)):
+            raise TableExistsError(
+                f"A table named {config.name!r} already exists on this Ray cluster "
+                f"(namespace {NAMESPACE!r}); close it or choose another name. "
+                f"Received: name={config.name!r}"
+            )
+        num_gpus = resources.num_gpus or (1.0 if config.device == "gpu" else 0.0)
+        options: dict[str, Any] = {
+            "num_cpus": resources.num_cpus,
+            "num_gpus": num_gpus,
+            "namespace": NAMESPACE,
+            # A retried push could apply twice: no restarts, no retries, ever.
+            "max_restarts": 0,
+            "max_task_retries": 0,
+            "max_concurrency": 1,
+        }
+        if resources.memory:
+            options["memory"] = int(resources.memory)
+        if resources.resources:
+            options["resources"] = dict(resources.resources)
+        if resources.spread:
+            options["scheduling_strategy"] = "SPREAD"
+        if detached:
+            options["lifetime"] = "detached"
+        handles = []
+        try:
+            for i in range(config.num_shards):
+                opts = {**options, "name": actor_name(config.name, i)}
+                handles.append(self._cls().options(**opts).remote(config, i, initialize=initialize))
+            # Wait for every constructor, so a failure surfaces here, not at first use.
+            self.get([h.ping.remote() for h in handles], timeout=600)
+        except BaseException:
+            self.kill(config.name, handles)
+            raise
+        return handles
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self._ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return False
+        return True
+
+    def attach(self, name: str) -> tuple[TableConfig, list]:
+        ray = self._ray
+        try:
+            first = ray.get_actor(actor_name(name, 0), namespace=NAMESPACE)
+        except ValueError:
+            raise TableNotFoundError(
+                f"No table named {name!r} on this Ray cluster (namespace {NAMESPACE!r}). "
+                f"Received: name={name!r}"
+            ) from None
+        config = self.get([first.get_config.remote()], timeout=60)[0]
+        handles = [first]
+        for i in range(1, config.num_shards):
+            try:
+                handles.append(ray.get_actor(actor_name(name, i), namespace=NAMESPACE))
+            except ValueError:
+                raise ShardUnavailableError(
+                    f"Shard {i} of table {name!r} is missing from the cluster."
+                ) from None
+        return config, handles
+
+    def submit(self, handle, method: str, *args):
+        return getattr(handle, method).remote(*args)
+
+    def get(self, futures: list, timeout: float | None = None) -> list:
+        ray = self._ray
+        try:
+            return ray.get(futures, timeout=timeout)
+        except ray.exceptions.GetTimeoutError as err:
+            raise ShardTimeoutError(
+                f"A shard did not answer within {timeout} s ({len(futures)} requests)."
+            ) from err
+        except ray.exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, ShardembError):
+                raise cause from None
+            raise ShardError(f"A shard failed: {cause!r}") from err
+        except ray.exceptions.RayActorError as err:
+            raise ShardUnavailableError(
+                f"A shard actor died or is unreachable: {_short(err)}"
+            ) from err
+
+    def done(self, futures: list) -> tuple[list, list]:
+        if not futures:
+            return [], []
+        return self._ray.wait(futures, num_returns=len(futures), timeout=0, fetch_local=False)
+
+    def wait(self, futures: list, timeout: float | None = None) -> None:
+        """Block until ``futures`` are finished (successfully or not), without raising
+        their errors: the caller collects those separately."""
+        _, not_ready = self._ray.wait(
+            futures, num_returns=len(futures), timeout=timeout, fetch_local=False
+        )
+        if not_ready:
+            raise ShardTimeoutError(
+                f"{len(not_ready)} push(es) did not finish within {timeout} s."
+            )
+
+    def kill(self, name: str, handles: list) -> None:
+        for h in handles:
+            try:
+                self._ray.kill(h, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone is fine when closing
+                pass
+
+    def node_of(self, handles: list) -> list[dict]:
+        return self.get([h.node.remote() for h in handles], timeout=60)
+
+
+class _ShardActor(Shard):
+    """The shard as a Ray actor: adds what only makes sense inside Ray."""
+
+    def get_config(self) -> TableConfig:
+        return self.config
+
+    def node(self) -> dict:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "pid": os.getpid()}
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), or start a local Ray runtime if none
+    is running. A runtime the caller already started with ``ray.init`` is used as is."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address:
+            ray.init(address=address, logging_level="WARNING")
+        else:
+            ray.init(include_dashboard=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ClusterConnectionError(
+            f"Could not connect to the Ray cluster. Received: address={address!r} ({err})"
+        ) from err
+
+
+def get_backend(backend: str, address: str | None = None):
+    """The backend called ``backend`` (one of :data:`BACKENDS`)."""
+    if backend == "ray":
+        return RayBackend(address)
+    if backend == "inprocess":
+        return InProcessBackend()
+    from shardemb.errors import InvalidConfigError
+
+    raise InvalidConfigError(f"`backend` must be one of {BACKENDS}. Received: backend={backend!r}")
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__

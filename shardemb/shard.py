@@ -1,0 +1,228 @@
+"""One shard of a table: its rows, its optimizer slots and its step count.
+
+A plain class: the Ray actor is made from it where actors are created
+(:mod:`shardemb.backends`), so all of this is unit-tested in-process.
+
+Rows are addressed by *local* row index (see :mod:`shardemb.partition`); the router
+validates ids and gradients before anything reaches a shard, and the shard re-checks
+shapes so that no call can leave it half-updated.
+
+Example:
+    >>> import numpy as np
+    >>> from shardemb.config import TableConfig
+    >>> cfg = TableConfig.build("t", 10, 4, num_shards=2, optimizer={"name": "sgd",
+    ...                         "learning_rate": 1.0}, initializer="zeros", seed=0)
+    >>> shard = Shard(cfg, 1)
+    >>> shard.apply_gradients(np.array([0, 0]), np.ones((2, 4), np.float32))
+    >>> shard.lookup(np.array([0]))[0].tolist()
+    [-2.0, -2.0, -2.0, -2.0]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shardemb.config import TableConfig
+from shardemb.errors import InvalidGradientError, InvalidIdsError
+from shardemb.shm import AttachedBuffers
+from shardemb.storage import make_storage
+
+__all__ = ["INIT_BLOCK_ROWS", "Shard", "sum_duplicates"]
+
+# Rows generated per block at start-up: bounds the temporary memory of initialisation.
+INIT_BLOCK_ROWS = 65536
+
+
+class Shard:
+    """Rows ``partition.global_rows(index)`` of a table, with their optimizer slots."""
+
+    def __init__(self, config: TableConfig, index: int, *, initialize: bool = True):
+        self.config = config
+        self.index = int(index)
+        self.num_rows = int(config.partition.shard_sizes()[index])
+        self.step = 0
+        self._buffers = AttachedBuffers()
+        self._itemsize = np.dtype(config.dtype).itemsize
+        kind, dtype, device = config.storage, config.dtype, _tf_device(config.device)
+        self.weights = make_storage(kind, self.num_rows, config.dim, dtype, device)
+        self.slots = {
+            name: make_storage(kind, self.num_rows, width, dtype, device)
+            for name, (width, _) in config.optimizer.slot_specs(config.dim).items()
+        }
+        if initialize:
+            self._initialize()
+
+    def _initialize(self) -> None:
+        cfg = self.config
+        specs = cfg.optimizer.slot_specs(cfg.dim)
+        for start in range(0, self.num_rows, INIT_BLOCK_ROWS):
+            stop = min(start + INIT_BLOCK_ROWS, self.num_rows)
+            rows = cfg.partition.global_rows(self.index, np.arange(start, stop))
+            self.weights.write(start, cfg.initializer.generate(rows, cfg.dim, cfg.seed, cfg.dtype))
+            for name, (width, init) in specs.items():
+                self.slots[name].write(start, np.full((stop - start, width), init, cfg.dtype))
+
+    # -- serving ----------------------------------------------------------------------
+    def lookup(self, local: np.ndarray) -> np.ndarray:
+        """Rows at ``local`` (any order, duplicates allowed), as a numpy array."""
+        local = self._check_rows(local)
+        return self.weights.host(self.weights.gather(local))
+
+    def apply_gradients(self, local: np.ndarray, grads: np.ndarray) -> None:
+        """Sum the gradients of duplicate rows, then run one optimizer step on them.
+
+        Every call counts as one step, also an empty one, so all shards of a table agree
+        on the step (Adam's bias correction uses it).
+        """
+        local = self._check_rows(local)
+        grads = np.asarray(grads)
+        if grads.shape != (local.size, self.config.dim):
+            raise InvalidGradientError(
+                f"Shard {self.index} expected gradients of shape {(local.size, self.config.dim)}."
+                f" Received: shape={grads.shape}"
+            )
+        self.step += 1
+        if local.size == 0:
+            return
+        rows, summed = sum_duplicates(local, grads.astype(self.config.dtype, copy=False))
+        w = self.weights
+        slots = {k: s.gather(rows) for k, s in self.slots.items()}
+        new_rows, new_slots = self.config.optimizer.update(
+            w.ops, w.gather(rows), slots, w.native(summed), self.step
+        )
+        w.scatter(rows, new_rows)
+        for k, v in new_slots.items():
+            self.slots[k].scatter(rows, v)
+
+    # -- the same, through a router's shared memory (shardemb.shm) ------------------------
+    def lookup_shm(self, names: tuple[str, str, str], start: int, stop: int) -> int:
+        """Serve ``ids[start:stop]`` of the router's buffers: write the row of each to
+        ``out[pos[i]]``. ``names`` are the ids, positions and output buffers."""
+        ids_name, pos_name, out_name = names
+        local = self._check_rows(self._shm_ids(ids_name, start, stop))
+        pos = self._shm_ids(pos_name, start, stop)
+        out_buf = self._buffers.get(out_name)
+        dim = self.config.dim
+        out = out_buf.array(self.config.dtype, (out_buf.size // (dim * self._itemsize), dim))
+        if pos.size and (pos.min() < 0 or pos.max() >= len(out)):
+            raise InvalidIdsError(f"Shard {self.index}: output positions out of range.")
+        # Gather here, then scatter into the router's output: both run in this process,
+        # in parallel with the other shards, and the router copies nothing.
+        out[pos] = self.weights.host(self.weights.gather(local))
+        return stop - start
+
+    def apply_gradients_shm(self, ids_name: str, grads_name: str, start: int, stop: int) -> None:
+        """:meth:`apply_gradients` with ids and gradients read from the router's buffers."""
+        local = self._shm_ids(ids_name, start, stop).copy()
+        dim = self.config.dim
+        grads = self._buffers.get(grads_name).array(
+            self.config.dtype, (stop - start, dim), offset=start * dim * self._itemsize
+        )
+        self.apply_gradients(local, grads.copy())
+
+    def probe_shm(self, name: str) -> bytes:
+        """The first 16 bytes of the router's probe buffer (``b""`` if it cannot be seen)."""
+        try:
+            buf = self._buffers.get(name)
+        except OSError:
+            return b""
+        token = bytes(buf.array(np.uint8, (16,)))
+        self._buffers.forget(name)
+        return token
+
+    def _shm_ids(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._buffers.get(name).array(np.int64, (stop - start,), offset=start * 8)
+
+    def assign(self, local: np.ndarray, values: np.ndarray) -> None:
+        """Overwrite rows (``set_weights``); slots are kept, as Keras keeps them."""
+        local = self._check_rows(local)
+        values = np.asarray(values, dtype=self.config.dtype)
+        if values.shape != (local.size, self.config.dim):
+            raise InvalidGradientError(
+                f"Shard {self.index} expected values of shape {(local.size, self.config.dim)}. "
+                f"Received: shape={values.shape}"
+            )
+        if local.size:
+            rows, first = np.unique(local, return_index=True)
+            self.weights.scatter(rows, self.weights.native(values[first]))
+
+    def write_rows(self, start: int, values: np.ndarray) -> None:
+        """Overwrite contiguous local rows from ``start`` (``set_weights``); slots are kept."""
+        values = np.asarray(values, dtype=self.config.dtype)
+        if values.ndim != 2 or values.shape[1] != self.config.dim or not (
+            0 <= start and start + len(values) <= self.num_rows
+        ):
+            raise InvalidGradientError(
+                f"Shard {self.index} cannot write rows [{start}, {start + len(values)}) of "
+                f"width {values.shape[1:]}: it holds {self.num_rows} rows of width "
+                f"{self.config.dim}"
+            )
+        self.weights.write(start, values)
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """A copy of the contiguous local rows ``[start, stop)``."""
+        return self.weights.to_numpy(start, self.num_rows if stop is None else stop)
+
+    def read_slot(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.slots[name].to_numpy(start, self.num_rows if stop is None else stop)
+
+    def write_block(self, start: int, weights: np.ndarray, slots: dict, step: int) -> None:
+        """Overwrite contiguous rows and their slots (restore), and set the step."""
+        self.weights.write(start, np.asarray(weights, self.config.dtype))
+        for name, values in slots.items():
+            self.slots[name].write(start, np.asarray(values, self.config.dtype))
+        self.step = int(step)
+
+    def info(self) -> dict:
+        """Size, memory and step of this shard."""
+        return {
+            "index": self.index,
+            "num_rows": self.num_rows,
+            "step": self.step,
+            "bytes": self.weights.nbytes + sum(s.nbytes for s in self.slots.values()),
+            "storage": self.config.storage,
+            "device": getattr(self.weights, "device", "cpu"),
+        }
+
+    def ping(self) -> int:
+        return self.index
+
+    def call(self, fn, *args):
+        """Run ``fn(self, *args)`` here: lets modules above (checkpoints) add shard-side
+        work without the shard importing them. ``fn`` must be a module-level function."""
+        return fn(self, *args)
+
+    def _check_rows(self, local) -> np.ndarray:
+        local = np.asarray(local)
+        if local.ndim != 1 or local.dtype.kind not in "iu":
+            raise InvalidIdsError(
+                f"Shard {self.index} expected a 1-D integer array of local rows. "
+                f"Received: shape={local.shape}, dtype={local.dtype}"
+            )
+        if local.size and (local.min() < 0 or local.max() >= self.num_rows):
+            raise InvalidIdsError(
+                f"Shard {self.index} holds local rows [0, {self.num_rows}). "
+                f"Received: rows in [{local.min()}, {local.max()}]"
+            )
+        return local.astype(np.int64, copy=False)
+
+
+def sum_duplicates(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique ``rows`` (sorted) and the sum of ``values`` over each one's occurrences,
+    added in order of occurrence (``np.add.at`` semantics).
+
+    Example:
+        >>> r, v = sum_duplicates(np.array([3, 1, 3]), np.array([[1.0], [2.0], [4.0]]))
+        >>> r.tolist(), v.tolist()
+        ([1, 3], [[2.0], [5.0]])
+    """
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    starts = np.flatnonzero(np.concatenate([[True], sorted_rows[1:] != sorted_rows[:-1]]))
+    if starts.size == rows.size:  # already unique: no reduction needed
+        return sorted_rows, values[order]
+    return sorted_rows[starts], np.add.reduceat(values[order], starts, axis=0)
+
+
+def _tf_device(device: str) -> str | None:
+    return "/GPU:0" if device == "gpu" else ("/CPU:0" if device == "cpu" else None)

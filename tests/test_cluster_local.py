@@ -1,0 +1,224 @@
+"""A real two-node Ray cluster on this machine: up, use from another driver, down.
+
+The cluster test checks the coexistence guarantee: a plain ``ray.init()`` running in another
+process before ``up()`` still works after ``down()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import psutil
+import pytest
+
+from shardemb import cluster
+from shardemb.errors import ClusterConnectionError, InvalidConfigError
+
+# A driver of its own: ray.init() in this test process would make it part of a cluster.
+_DRIVER = r"""
+import json, sys
+import ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+
+@ray.remote(num_cpus=0)
+class Where:
+    def node_id(self):
+        return ray.get_runtime_context().get_node_id()
+
+nodes = ray.nodes()
+worker = [n["NodeID"] for n in nodes if "shardemb_node_1" in n["Resources"]]
+head = [n["NodeID"] for n in nodes if "shardemb_node_0" in n["Resources"]]
+actor = Where.options(resources={"shardemb_node_1": 0.001}).remote()
+print(json.dumps({"num_nodes": len(nodes), "alive": [n["Alive"] for n in nodes],
+                  "worker": worker, "head": head,
+                  "actor_node": ray.get(actor.node_id.remote(), timeout=60)}))
+"""
+
+# An embedded ray.init() of its own; after "go" on stdin it must still be able to run a task.
+_EMBEDDED = r"""
+import sys
+import ray
+ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+print("ready", ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.readline()
+
+@ray.remote
+def square(x):
+    return x * x
+
+print("result", ray.get(square.remote(7), timeout=60), flush=True)
+"""
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(extra)
+    return env
+
+
+def _leftovers(info: cluster.ClusterInfo) -> list[str]:
+    """Processes that still belong to ``info``'s cluster, found independently of the module."""
+    left = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            line = " ".join(p.info["cmdline"] or [])
+            ours = info.temp_dir in line or f":{info.port}" in line
+            if ours or os.getsid(p.pid) in info.session_ids:
+                if p.status() != psutil.STATUS_ZOMBIE and p.pid != os.getpid():
+                    left.append(f"{p.pid} {line[:120]}")
+        except (psutil.Error, OSError):
+            continue
+    return left
+
+
+def test_two_node_cluster_up_use_down_spares_other_ray(tmp_path):
+    # Started first, in a temp dir of its own so it never joins some other `ray start` cluster.
+    embedded_tmp = tempfile.mkdtemp(prefix="se-emb-", dir="/tmp")
+    embedded = subprocess.Popen(
+        [sys.executable, "-c", _EMBEDDED],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_clean_env(RAY_TMPDIR=embedded_tmp),
+    )
+    info, stopped = None, 0
+    try:
+        info = cluster.up(num_workers=1, state_file=tmp_path / "state.json", timeout=90)
+        assert info.num_nodes == 2
+        assert info.node_resources == ("shardemb_node_0", "shardemb_node_1")
+        assert (tmp_path / "state.json").exists()
+        assert embedded.stdout.readline().startswith("ready")
+
+        out = subprocess.run(
+            [sys.executable, "-c", _DRIVER, info.address],
+            capture_output=True,
+            text=True,
+            env=_clean_env(RAY_AUTH_MODE=info.auth_mode),
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        seen = json.loads(out.stdout.strip().splitlines()[-1])
+        assert seen["num_nodes"] == 2 and seen["alive"] == [True, True]
+        assert len(seen["worker"]) == 1 and len(seen["head"]) == 1
+        assert seen["worker"] != seen["head"]
+        assert seen["actor_node"] == seen["worker"][0]
+
+        st = cluster.status(info)
+        assert st["alive_nodes"] == 2 and st["expected_nodes"] == 2
+        assert st["total_resources"]["CPU"] == 2
+        assert "shardemb_node_1" in cluster.format_status(st)
+    finally:
+        if info is not None:
+            stopped = cluster.down(info)
+    assert stopped > 0
+    assert _leftovers(info) == []
+    assert not (tmp_path / "state.json").exists()
+    assert not os.path.exists(info.temp_dir)  # up() chose it, so down() removes it
+
+    # The other Ray instance is untouched and still schedules work.
+    try:
+        assert embedded.poll() is None, "down() killed an unrelated Ray instance"
+        embedded.stdin.write("go\n")
+        embedded.stdin.flush()
+        assert embedded.stdout.readline().split() == ["result", "49"]
+    finally:
+        embedded.stdin.close()
+        embedded.wait(timeout=60)
+        shutil.rmtree(embedded_tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"num_workers": -1}, "num_workers"),
+        ({"num_workers": 1.5}, "num_workers"),
+        ({"num_workers": True}, "num_workers"),
+        ({"cpus_per_node": 0}, "cpus_per_node"),
+        ({"cpus_per_node": -2}, "cpus_per_node"),
+        ({"gpus_per_node": -1}, "gpus_per_node"),
+        ({"memory_per_node": 0}, "memory_per_node"),
+        ({"object_store_memory": 1024}, "object_store_memory"),
+        ({"port": 70000}, "port"),
+        ({"timeout": 0}, "timeout"),
+        ({"auth_mode": "none"}, "auth_mode"),
+        ({"temp_dir": "/tmp/" + "x" * 80}, "temp_dir"),
+    ],
+)
+def test_up_rejects_bad_arguments(kwargs, name, tmp_path):
+    kwargs.setdefault("state_file", tmp_path / "state.json")
+    with pytest.raises(InvalidConfigError, match=f"`{name}`.*Received: {name}="):
+        cluster.up(**kwargs)
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_cli_parses_up_flags():
+    parser = argparse.ArgumentParser(prog="shardemb")
+    cluster.register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            "cluster",
+            "up",
+            "--workers",
+            "3",
+            "--cpus-per-node",
+            "2",
+            "--memory-per-node",
+            "4GiB",
+            "--gpus-per-node",
+            "1",
+            "--port",
+            "6390",
+            "--state-file",
+            "/tmp/s.json",
+        ]
+    )
+    assert (args.workers, args.cpus_per_node, args.gpus_per_node) == (3, 2, 1)
+    assert (args.memory_per_node, args.port, args.state_file) == (4 * 2**30, 6390, "/tmp/s.json")
+    assert args.func is cluster._cmd_up
+    assert parser.parse_args(["cluster", "down"]).func is cluster._cmd_down
+    assert parser.parse_args(["cluster", "status", "--json"]).json is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["cluster", "up", "--memory-per-node", "lots"])
+
+
+def test_status_and_down_of_missing_state_file_say_so(tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    for call in (cluster.status, cluster.down):
+        with pytest.raises(ClusterConnectionError, match="No local cluster is recorded"):
+            call(missing)
+    assert cluster.main(["status", "--state-file", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert "shardemb cluster status: error: No local cluster is recorded" in err
+    assert str(missing) in err
+
+
+def test_local_cluster_context_manager_downs_on_error(monkeypatch):
+    calls = []
+    fake = cluster.ClusterInfo(
+        address="192.0.2.9:1",
+        num_nodes=2,
+        state_file="s.json",
+        temp_dir="/tmp/t",
+        port=1,
+        node_resources=("shardemb_node_0", "shardemb_node_1"),
+        session_ids=(1, 2),
+        cpus_per_node=1,
+        gpus_per_node=0,
+        memory_per_node=2**30,
+        object_store_memory=2**28,
+    )
+    monkeypatch.setattr(cluster, "up", lambda n, **kw: calls.append(("up", n, kw)) or fake)
+    monkeypatch.setattr(cluster, "down", lambda info: calls.append(("down", info)))
+    with pytest.raises(RuntimeError, match="boom"), cluster.local_cluster(num_workers=2) as info:
+        assert info is fake
+        raise RuntimeError("boom")
+    assert [c[0] for c in calls] == ["up", "down"]
+    assert calls[0][2]["state_file"].endswith("state.json")  # never the user's own file
+    assert not os.path.exists(os.path.dirname(calls[0][2]["state_file"]))
