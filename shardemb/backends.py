@@ -91,7 +91,7 @@ class InProcessBackend:
         shards = self._tables.get(name)
         if shards is None:
             raise TableNotFoundError(f"No table named {name!r} in this process.")
-        return shards[0].config, shards
+        return shards[0].config, shards, False
 
     def submit(self, handle: Shard, method: str, *args) -> _Done:
         try:
@@ -172,7 +172,10 @@ class RayBackend:
         try:
             for i in range(config.num_shards):
                 opts = {**options, "name": actor_name(config.name, i)}
-                handles.append(self._cls().options(**opts).remote(config, i, initialize=initialize))
+                handles.append(
+                    self._cls().options(**opts).remote(config, i, initialize=initialize,
+                                                       detached=detached)  # fmt: skip
+                )
             # Wait for every constructor, so a failure surfaces here, not at first use.
             self.get([h.ping.remote() for h in handles], timeout=600)
         except BaseException:
@@ -196,7 +199,7 @@ class RayBackend:
                 f"No table named {name!r} on this Ray cluster (namespace {NAMESPACE!r}). "
                 f"Received: name={name!r}"
             ) from None
-        config = self.get([first.get_config.remote()], timeout=60)[0]
+        config, detached = self.get([first.get_config.remote()], timeout=60)[0]
         handles = [first]
         for i in range(1, config.num_shards):
             try:
@@ -205,7 +208,7 @@ class RayBackend:
                 raise ShardUnavailableError(
                     f"Shard {i} of table {name!r} is missing from the cluster."
                 ) from None
-        return config, handles
+        return config, handles, detached
 
     def submit(self, handle, method: str, *args):
         return getattr(handle, method).remote(*args)
@@ -258,8 +261,13 @@ class RayBackend:
 class _ShardActor(Shard):
     """The shard as a Ray actor: adds what only makes sense inside Ray."""
 
-    def get_config(self) -> TableConfig:
-        return self.config
+    def __init__(self, config: TableConfig, index: int, *, initialize: bool = True,
+                 detached: bool = False):  # fmt: skip
+        super().__init__(config, index, initialize=initialize)
+        self.detached = detached
+
+    def get_config(self) -> tuple[TableConfig, bool]:
+        return self.config, self.detached
 
     def node(self) -> dict:
         import ray
@@ -276,15 +284,46 @@ def ensure_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     try:
         if address:
-            ray.init(address=address, logging_level="WARNING")
+            try:
+                ray.init(address=address, logging_level="WARNING")
+            except Exception as err:
+                # A cluster started with token auth (``shardemb cluster up``) refuses drivers
+                # that do not say so; the token itself is read from ~/.ray/auth_token.
+                if "auth" not in str(err).lower() or os.environ.get("RAY_AUTH_MODE"):
+                    raise
+                os.environ["RAY_AUTH_MODE"] = "token"
+                ray.shutdown()
+                ray.init(address=address, logging_level="WARNING")
         else:
             ray.init(include_dashboard=False, logging_level="WARNING")
-    except (ConnectionError, RuntimeError, ValueError) as err:
+    except Exception as err:
+        ray.shutdown()
         raise ClusterConnectionError(
-            f"Could not connect to the Ray cluster. Received: address={address!r} ({err})"
+            f"Could not connect to the Ray cluster. Received: address={address!r} "
+            f"({type(err).__name__}: {str(err).strip()[:300]})"
         ) from err
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens on (``ray.init`` would retry for
+    minutes). Other forms (``auto``, ``ray://...``) are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "/" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ClusterConnectionError(
+            f"No Ray cluster answers at that address ({err.strerror or err}). Start one with "
+            f"`ray start --head` or `shardemb cluster up`, or fix the address. "
+            f"Received: address={address!r}"
+        ) from None
 
 
 def get_backend(backend: str, address: str | None = None):

@@ -67,7 +67,13 @@ _AUTH_MODES = ("token", "disabled")
 
 @dataclass(frozen=True, slots=True)
 class ClusterInfo:
-    """A running local cluster, as :func:`up` started it (and as its state file records)."""
+    """A running local cluster, as :func:`up` started it (and as its state file records).
+
+    Example:
+        >>> info = up(num_workers=1)  # doctest: +SKIP
+        >>> env = {**os.environ, **info.env}  # doctest: +SKIP
+        >>> subprocess.run([sys.executable, "train.py"], env=env)  # doctest: +SKIP
+    """
 
     address: str
     """GCS address ``"<node ip>:<port>"``: give it to ``ray.init(address=...)`` or ``--address``."""
@@ -100,6 +106,10 @@ class ClusterInfo:
 
         Ray only turns token auth on by itself for ``ray.init()`` without an address, so a
         driver calling ``ray.init(address=...)`` must have ``RAY_AUTH_MODE=token`` set.
+
+        Example:
+            >>> sorted(info.env)  # doctest: +SKIP
+            ['RAY_ADDRESS', 'RAY_AUTH_MODE']
         """
         return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": self.auth_mode}
 
@@ -197,6 +207,13 @@ def up(
             f"`temp_dir` is too long for Ray's unix sockets (at most "
             f"{_MAX_SOCKET_PATH - _SOCKET_SUFFIX_LEN} characters). "
             f"Received: temp_dir={str(temp)!r} ({len(str(temp))} characters)"
+        )
+    shared = Path(tempfile.gettempdir(), "ray").absolute()
+    if shared == temp or temp in shared.parents:
+        raise InvalidConfigError(
+            f"`temp_dir` must not hold the default Ray temp dir {str(shared)!r}: the cluster "
+            f"would share it with every plain `ray.init()`, and `down` would stop those too. "
+            f"Received: temp_dir={str(temp)!r}"
         )
     temp.mkdir(parents=True, exist_ok=True)
 
@@ -385,8 +402,8 @@ def _wait_for_nodes(address: str, num_nodes: int, deadline: float, auth_mode: st
 def down(state: ClusterInfo | str | os.PathLike[str] | None = None) -> int:
     """Stop the cluster recorded in ``state`` (a :class:`ClusterInfo` or a state file path).
 
-    Only that cluster's processes are stopped: those in the sessions of its ``ray start``
-    commands, those whose command line names its temp dir or GCS address, and their
+    Only that cluster's processes are stopped: Ray processes in the sessions of its
+    ``ray start`` commands or whose command line names its temp dir or GCS port, and their
     children. Raylets first, then the agents, then the GCS (as ``ray stop`` orders them);
     SIGTERM, then SIGKILL after a grace period. Other Ray instances keep running. The state
     file is removed, and the temp dir too when :func:`up` chose it.
@@ -462,9 +479,11 @@ def _cluster_processes(state: dict) -> list[psutil.Process]:
             if p.pid == me or p.info["create_time"] < started_at:
                 continue  # older than the cluster (e.g. a reused session id): not ours
             cmdline = p.info["cmdline"] or []
-            if _names_temp_dir(cmdline, temp_dir) or (
-                _is_ray_component(cmdline)
-                and (os.getsid(p.pid) in sessions or _names_gcs_port(cmdline, port))
+            # Ray processes only: a `tail -f` of this cluster's logs is not part of it.
+            if _is_ray_component(cmdline) and (
+                _names_temp_dir(cmdline, temp_dir)
+                or os.getsid(p.pid) in sessions
+                or _names_gcs_port(cmdline, port)
             ):
                 found[p.pid] = p
         except (psutil.Error, OSError):
@@ -527,7 +546,8 @@ def status(
     prints it.
 
     Raises:
-        ClusterConnectionError: no cluster is recorded, or it cannot be reached.
+        ClusterConnectionError: no cluster is recorded, it is not running, or it cannot be
+            reached.
 
     Example:
         >>> st = status()  # doctest: +SKIP
@@ -535,6 +555,11 @@ def status(
         (3, '192.0.2.2:41234')
     """
     state_path, recorded = _load_state(state)
+    if not _cluster_processes(recorded):  # a driver would retry a dead GCS for a long time
+        raise ClusterConnectionError(
+            f"The cluster recorded in {str(state_path)!r} ({recorded['address']}) is not "
+            f"running: none of its processes is left. Run `down` to clear the record."
+        )
     nodes = _probe_nodes(recorded["address"], 0, timeout, recorded.get("auth_mode"))
     total: dict[str, float] = {}
     for node in nodes:
@@ -598,7 +623,7 @@ def local_cluster(num_workers: int = 1, **kwargs) -> Iterator[ClusterInfo]:
 
     Example:
         >>> with local_cluster(num_workers=1) as info:  # doctest: +SKIP
-        ...     subprocess.run([sys.executable, "my_driver.py", "--address", info.address])
+        ...     subprocess.run([sys.executable, "driver.py"], env={**os.environ, **info.env})
     """
     scratch = None
     if kwargs.get("state_file") is None:

@@ -24,7 +24,7 @@ Example:
     TensorShape([2, 3, 128])
     >>> layer.embeddings.shape
     (10000, 128)
-    >>> layer.store.close()
+    >>> layer.close()
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class ShardedEmbedding(keras.layers.Layer):
         >>> layer = shardemb.ShardedEmbedding(100, 4, mask_zero=True, backend="inprocess")
         >>> layer.compute_mask(np.array([[1, 0]])).numpy().tolist()
         [[True, False]]
-        >>> layer.store.close()
+        >>> layer.close()
     """
 
     def __init__(
@@ -180,12 +180,19 @@ class ShardedEmbedding(keras.layers.Layer):
         self.address = address
         self.resources = resources
         self.store = store
+        self._owns_store = store is None
         self.embeddings = TableView(self)
         if weights is not None:
             self.build()
             if not (isinstance(weights, list) and len(weights) == 1):
                 weights = [weights]
             self.set_weights(weights)
+
+    def close(self) -> None:
+        """Remove the table's shards if this layer created them (a ``store=`` passed in is
+        left to its owner). Harmless before ``build`` and when called twice."""
+        if self.store is not None and self._owns_store:
+            self.store.close()
 
     # -- Keras plumbing -----------------------------------------------------------------
     def build(self, input_shape=None):

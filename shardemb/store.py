@@ -149,8 +149,9 @@ class EmbeddingStore:
             >>> s.close()
         """
         be = get_backend(backend, address)
-        config, handles = be.attach(name)
-        return cls(config, be, handles, owner=False, timeout=timeout)
+        config, handles, detached = be.attach(name)
+        # A detached table has no owning process: whoever closes it removes it.
+        return cls(config, be, handles, owner=detached, timeout=timeout)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -399,8 +400,10 @@ class EmbeddingStore:
             return self._get([self._backend.submit(h, "call", fn, *args) for h in self._handles])
 
     def close(self) -> None:
-        """Apply pending pushes, then remove the table's shards (also detached ones).
-        Closing twice is harmless."""
+        """Apply pending pushes, then remove the table's shards if this handle owns them:
+        it created the table, or the table is detached (it belongs to nobody, so closing
+        any handle to it removes it). A handle from :meth:`connect` to a table another
+        process owns only lets go. Closing twice is harmless."""
         if self._closed:
             return
         with self._lock:

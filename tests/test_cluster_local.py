@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,12 +65,12 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 def _leftovers(info: cluster.ClusterInfo) -> list[str]:
     """Processes that still belong to ``info``'s cluster, found independently of the module."""
+    mine = re.compile(rf"{re.escape(info.temp_dir)}(/|\s|$)|:{info.port}(\D|$)")
     left = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             line = " ".join(p.info["cmdline"] or [])
-            ours = info.temp_dir in line or f":{info.port}" in line
-            if ours or os.getsid(p.pid) in info.session_ids:
+            if mine.search(line) or os.getsid(p.pid) in info.session_ids:
                 if p.status() != psutil.STATUS_ZOMBIE and p.pid != os.getpid():
                     left.append(f"{p.pid} {line[:120]}")
         except (psutil.Error, OSError):
@@ -77,23 +78,38 @@ def _leftovers(info: cluster.ClusterInfo) -> list[str]:
     return left
 
 
-def test_two_node_cluster_up_use_down_spares_other_ray(tmp_path):
-    # Started first, in a temp dir of its own so it never joins some other `ray start` cluster.
-    embedded_tmp = tempfile.mkdtemp(prefix="se-emb-", dir="/tmp")
-    embedded = subprocess.Popen(
+@pytest.fixture
+def embedded_ray():
+    """A plain ``ray.init()`` in another process, in a temp dir of its own (so it never joins
+    some other ``ray start`` cluster on the machine). Always stopped and cleaned up."""
+    temp = tempfile.mkdtemp(prefix="se-emb-", dir="/tmp")
+    proc = subprocess.Popen(
         [sys.executable, "-c", _EMBEDDED],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env=_clean_env(RAY_TMPDIR=embedded_tmp),
+        env=_clean_env(RAY_TMPDIR=temp),
     )
-    info, stopped = None, 0
     try:
-        info = cluster.up(num_workers=1, state_file=tmp_path / "state.json", timeout=90)
+        yield proc
+    finally:
+        proc.stdin.close()  # its readline() returns: it runs its task and exits
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_two_node_cluster_up_use_down_spares_other_ray(tmp_path, embedded_ray):
+    info = cluster.up(num_workers=1, state_file=tmp_path / "state.json", timeout=90)
+    try:
         assert info.num_nodes == 2
         assert info.node_resources == ("shardemb_node_0", "shardemb_node_1")
         assert (tmp_path / "state.json").exists()
-        assert embedded.stdout.readline().startswith("ready")
+        assert embedded_ray.stdout.readline().startswith("ready")
 
         out = subprocess.run(
             [sys.executable, "-c", _DRIVER, info.address],
@@ -115,23 +131,17 @@ def test_two_node_cluster_up_use_down_spares_other_ray(tmp_path):
         assert st["total_resources"]["CPU"] == 2
         assert "shardemb_node_1" in cluster.format_status(st)
     finally:
-        if info is not None:
-            stopped = cluster.down(info)
+        stopped = cluster.down(info)
     assert stopped > 0
     assert _leftovers(info) == []
     assert not (tmp_path / "state.json").exists()
     assert not os.path.exists(info.temp_dir)  # up() chose it, so down() removes it
 
     # The other Ray instance is untouched and still schedules work.
-    try:
-        assert embedded.poll() is None, "down() killed an unrelated Ray instance"
-        embedded.stdin.write("go\n")
-        embedded.stdin.flush()
-        assert embedded.stdout.readline().split() == ["result", "49"]
-    finally:
-        embedded.stdin.close()
-        embedded.wait(timeout=60)
-        shutil.rmtree(embedded_tmp, ignore_errors=True)
+    assert embedded_ray.poll() is None, "down() killed an unrelated Ray instance"
+    embedded_ray.stdin.write("go\n")
+    embedded_ray.stdin.flush()
+    assert embedded_ray.stdout.readline().split() == ["result", "49"]
 
 
 @pytest.mark.parametrize(
@@ -149,6 +159,8 @@ def test_two_node_cluster_up_use_down_spares_other_ray(tmp_path):
         ({"timeout": 0}, "timeout"),
         ({"auth_mode": "none"}, "auth_mode"),
         ({"temp_dir": "/tmp/" + "x" * 80}, "temp_dir"),
+        ({"temp_dir": "/tmp/ray"}, "temp_dir"),
+        ({"temp_dir": "/tmp"}, "temp_dir"),
     ],
 )
 def test_up_rejects_bad_arguments(kwargs, name, tmp_path):
@@ -222,3 +234,15 @@ def test_local_cluster_context_manager_downs_on_error(monkeypatch):
     assert [c[0] for c in calls] == ["up", "down"]
     assert calls[0][2]["state_file"].endswith("state.json")  # never the user's own file
     assert not os.path.exists(os.path.dirname(calls[0][2]["state_file"]))
+
+
+def test_status_of_a_dead_cluster_says_so_and_down_clears_it(tmp_path):
+    dead = tmp_path / "dead.json"
+    dead.write_text(
+        json.dumps({"version": 1, "address": "192.0.2.9:1", "port": 1, "nodes": [],
+                    "temp_dir": str(tmp_path / "gone"), "auth_mode": "token"})
+    )  # fmt: skip
+    with pytest.raises(ClusterConnectionError, match="is not running"):
+        cluster.status(dead)
+    assert cluster.down(dead) == 0
+    assert not dead.exists()

@@ -47,7 +47,7 @@ def topk_scores(
     (typically the training items): an :class:`Interactions`, a ``(user_rows, item_rows)``
     pair of arrays, or a CSR matrix (anything with ``indptr`` and ``indices``, one row per
     user). Where a user has fewer than ``k`` items left (``k`` above the catalogue size, or
-    after exclusion) the remaining slots hold ``-1``.
+    after exclusion) the remaining slots hold ``-1``; so do scores that overflow to NaN.
 
     Returns:
         An int64 array of shape ``(num_users, k)`` of item rows.
@@ -88,26 +88,20 @@ def topk_scores(
 
 def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """Top ``k`` columns of each row by (score descending, column ascending); -inf -> -1."""
-    scores[np.isnan(scores)] = -np.inf
     num_rows, num_cols = scores.shape
-    if k < num_cols:
-        # Keep everything above the k-th best score, then the lowest-index ties to fill k.
-        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
-        chosen = scores > kth
-        missing = k - np.count_nonzero(chosen, axis=1)
-        tie_rows, tie_cols = np.nonzero(scores == kth)  # row-major: columns ascend per row
-        first_tie = np.searchsorted(tie_rows, np.arange(num_rows))
-        rank = np.arange(tie_rows.size) - first_tie[tie_rows]
-        keep = rank < missing[tie_rows]
-        chosen[tie_rows[keep], tie_cols[keep]] = True
-        candidates = np.nonzero(chosen)[1].reshape(num_rows, k)  # ascending column per row
-    else:
-        candidates = np.broadcast_to(np.arange(num_cols), scores.shape)
-    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
-    order = np.argsort(-candidate_scores, axis=1, kind="stable")  # stable: lower index wins
-    top = np.take_along_axis(candidates, order, axis=1)
-    top_scores = np.take_along_axis(candidate_scores, order, axis=1)
-    return np.where(top_scores == -np.inf, -1, top)
+    # Candidates: every score at least the k-th best, ties included; exactly k per row
+    # unless scores tie at the boundary, where the sort below keeps the lowest columns.
+    kth = np.partition(scores, num_cols - k, axis=1)[:, num_cols - k, None]
+    rows, cols = np.nonzero(scores >= kth)
+    if np.bincount(rows, minlength=num_rows).min() < k:  # NaN compares false: drop them
+        scores[np.isnan(scores)] = -np.inf
+        return _top_rows(scores, k)
+    values = scores[rows, cols]
+    order = np.lexsort((cols, -values, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    keep = np.arange(rows.size) - np.searchsorted(rows, rows) < k  # rank within the row
+    top = cols[keep].reshape(num_rows, k)
+    return np.where(values[keep].reshape(num_rows, k) == -np.inf, -1, top)
 
 
 def recall_at_k(topk: Any, heldout_users: Any, heldout_items: Any, k: int = 10) -> float:
@@ -155,8 +149,7 @@ def _per_user_metrics(
         )
     if k > top.shape[1]:
         raise InvalidConfigError(
-            f"`k` must be at most the number of columns of `topk` ({top.shape[1]}). "
-            f"Received: k={k}"
+            f"`k` must be at most the number of columns of `topk` ({top.shape[1]}). Received: k={k}"
         )
     users = _ids(heldout_users, "heldout_users", len(top))
     items = _ids(heldout_items, "heldout_items", None)
@@ -331,9 +324,9 @@ def _ids(value: Any, name: str, bound: int | None) -> np.ndarray:
     array = array.astype(np.int64, copy=False)
     bad = (array < 0) | (array >= bound) if bound is not None else array < 0
     if bad.any():
-        limit = f"[0, {bound})" if bound is not None else ">= 0"
+        limit = f"in [0, {bound})" if bound is not None else ">= 0"
         raise InvalidIdsError(
-            f"`{name}` must be in {limit}. Received: {np.count_nonzero(bad)} outside, "
+            f"`{name}` must be {limit}. Received: {np.count_nonzero(bad)} outside, "
             f"first: {array[bad][:5].tolist()}"
         )
     return array
