@@ -113,6 +113,9 @@ class InProcessBackend:
     def wait(self, futures: list, timeout: float | None = None) -> None:
         return None
 
+    def alive(self, handles: list, timeout: float = 30.0) -> list[bool]:
+        return [True for _ in handles]
+
     def kill(self, name: str, handles: list) -> None:
         with self._lock:
             if self._tables.get(name) is handles:
@@ -150,8 +153,41 @@ class RayBackend:
                 f"(namespace {NAMESPACE!r}); close it or choose another name. "
                 f"Received: name={config.name!r}"
             )
+        handles = []
+        try:
+            for i in range(config.num_shards):
+                handles.append(self._start_actor(config, i, resources, detached, initialize))
+            # Wait for every constructor, so a failure surfaces here, not at first use.
+            self.get([h.ping.remote() for h in handles], timeout=600)
+        except BaseException:
+            self.kill(config.name, handles)
+            raise
+        return handles
+
+    def restart(self, config: TableConfig, index: int, resources: ShardResources,
+                detached: bool = False):  # fmt: skip
+        """A new, empty actor for shard ``index`` under the same name (its rows are then
+        loaded from a checkpoint by the caller)."""
+        handle = self._start_actor(config, index, resources, detached, initialize=False)
+        self.get([handle.ping.remote()], timeout=600)
+        return handle
+
+    def alive(self, handles: list, timeout: float = 30.0) -> list[bool]:
+        """Which shard actors answer a ping."""
+        refs = [h.ping.remote() for h in handles]
+        out = []
+        for ref in refs:
+            try:
+                self._ray.get(ref, timeout=timeout)
+                out.append(True)
+            except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
+                out.append(False)
+        return out
+
+    def _start_actor(self, config, index, resources, detached, initialize):
         num_gpus = resources.num_gpus or (1.0 if config.device == "gpu" else 0.0)
         options: dict[str, Any] = {
+            "name": actor_name(config.name, index),
             "num_cpus": resources.num_cpus,
             "num_gpus": num_gpus,
             "namespace": NAMESPACE,
@@ -168,20 +204,8 @@ class RayBackend:
             options["scheduling_strategy"] = "SPREAD"
         if detached:
             options["lifetime"] = "detached"
-        handles = []
-        try:
-            for i in range(config.num_shards):
-                opts = {**options, "name": actor_name(config.name, i)}
-                handles.append(
-                    self._cls().options(**opts).remote(config, i, initialize=initialize,
-                                                       detached=detached)  # fmt: skip
-                )
-            # Wait for every constructor, so a failure surfaces here, not at first use.
-            self.get([h.ping.remote() for h in handles], timeout=600)
-        except BaseException:
-            self.kill(config.name, handles)
-            raise
-        return handles
+        return self._cls().options(**options).remote(config, index, initialize=initialize,
+                                                     detached=detached)  # fmt: skip
 
     def _exists(self, name: str) -> bool:
         try:

@@ -13,7 +13,7 @@ import sys
 __all__ = ["main"]
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> int:  # reached only for `shardemb demo` alone
     from shardemb.demo import main as demo_main
 
     return demo_main(args.rest)
@@ -33,22 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registrars():
     """Sub-commands contributed by other modules (each imports only what it needs)."""
-    import importlib
+    from shardemb import bench, checkpoint, cluster
 
-    for module in ("shardemb.checkpoint", "shardemb.cluster", "shardemb.bench"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        register = getattr(mod, "register_cli", None)
-        if register is not None:
-            yield register
+    return (checkpoint.register_cli, cluster.register_cli, bench.register_cli)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    return int(args.func(args) or 0)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        # The demo owns its flags (argparse's REMAINDER drops leading options).
+        from shardemb.demo import main as demo_main
+
+        return _guard(lambda: demo_main(argv[1:]))
+    args = build_parser().parse_args(argv)
+    return _guard(lambda: args.func(args))
+
+
+def _guard(fn) -> int:
+    from shardemb.errors import ShardembError
+
+    try:
+        return int(fn() or 0)
+    except ShardembError as err:
+        print(f"shardemb: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

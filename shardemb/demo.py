@@ -100,6 +100,7 @@ def parse_args(argv: list[str] | None) -> DemoConfig:
 # -- data ---------------------------------------------------------------------------------
 def load_data(cfg: DemoConfig, out: str):
     """Encoded train/test logs and the id mappings (reused from ``out`` on resume)."""
+    from shardemb.errors import DataFormatError, ShardembError
     from shardemb.recsys.data import (
         IdMapping,
         encode,
@@ -115,8 +116,14 @@ def load_data(cfg: DemoConfig, out: str):
         if cfg.resume and os.path.exists(users_path):
             # The rows of the checkpointed tables follow the saved mapping, not a new one.
             users, items = IdMapping.load(users_path), IdMapping.load(items_path)
-            log = type(raw)(users.to_rows(raw.users), items.to_rows(raw.items), raw.ratings,
-                            raw.timestamps)  # fmt: skip
+            try:
+                log = type(raw)(users.to_rows(raw.users), items.to_rows(raw.items),
+                                raw.ratings, raw.timestamps)  # fmt: skip
+            except ShardembError as err:
+                raise DataFormatError(
+                    f"{cfg.data} holds ids that are not in the saved id mapping of the run in "
+                    f"{out} (the checkpointed tables follow it): {err}"
+                ) from err
         else:
             log, users, items = encode(raw)
             os.makedirs(os.path.dirname(users_path), exist_ok=True)

@@ -26,6 +26,7 @@ __all__ = [
     "InvalidGradientError",
     "InvalidIdsError",
     "ShardError",
+    "ShardRestartedError",
     "ShardTimeoutError",
     "ShardUnavailableError",
     "ShardembError",
@@ -75,6 +76,11 @@ class ShardError(ShardembError, RuntimeError):
 
 class ShardUnavailableError(ShardembError, RuntimeError):
     """A shard actor died or cannot be reached, and could not be brought back."""
+
+
+class ShardRestartedError(ShardUnavailableError):
+    """A shard died and was restarted from the latest committed checkpoint: pushes it had
+    applied since that checkpoint are lost. The message names the shard and the step."""
 
 
 class ShardTimeoutError(ShardembError, TimeoutError):

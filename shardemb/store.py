@@ -25,7 +25,12 @@ import numpy as np
 
 from shardemb.backends import ShardResources, get_backend
 from shardemb.config import TableConfig
-from shardemb.errors import InvalidConfigError, TableNotFoundError
+from shardemb.errors import (
+    InvalidConfigError,
+    ShardRestartedError,
+    ShardUnavailableError,
+    TableNotFoundError,
+)
 from shardemb.router import Deduplicator, assemble, check_grads, check_ids, plan_lookup
 from shardemb.shm import SharedBuffer, shm_available
 
@@ -49,15 +54,20 @@ class EmbeddingStore:
     """
 
     def __init__(self, config: TableConfig, backend, handles: list, *, owner: bool,
-                 timeout: float = 300.0):  # fmt: skip
+                 timeout: float = 300.0, resources: ShardResources | None = None,
+                 detached: bool = False):  # fmt: skip
         self.config = config
+        self._resources = resources or ShardResources()
+        self._detached = detached
+        #: Path of the latest checkpoint this handle saved or restored from: a shard that
+        #: dies is restarted from it.
+        self.last_checkpoint: str | None = None
         self._backend = backend
         self._handles = handles
         self._owner = owner
         self.timeout = timeout
         self._lock = threading.RLock()
-        self._pending: collections.deque = collections.deque()
-        self._error: BaseException | None = None
+        self._pending: collections.deque = collections.deque()  # (shard, future) of pushes
         self._dedup = Deduplicator(config.vocab_size)
         self._closed = False
         self._shm: _ShmChannel | None | bool = False  # False: not probed yet
@@ -129,7 +139,8 @@ class EmbeddingStore:
 
             check_capacity(config, resources)
         handles = be.create(config, resources, detached=detached, initialize=initialize)
-        store = cls(config, be, handles, owner=True, timeout=timeout)
+        store = cls(config, be, handles, owner=True, timeout=timeout, resources=resources,
+                    detached=detached)  # fmt: skip
         if not detached:
             # A non-detached table dies with its creator: make that explicit and prompt.
             store._finalizer = weakref.finalize(store, be.kill, config.name, list(handles))
@@ -151,7 +162,7 @@ class EmbeddingStore:
         be = get_backend(backend, address)
         config, handles, detached = be.attach(name)
         # A detached table has no owning process: whoever closes it removes it.
-        return cls(config, be, handles, owner=detached, timeout=timeout)
+        return cls(config, be, handles, owner=detached, timeout=timeout, detached=detached)
 
     # -- properties -------------------------------------------------------------------
     @property
@@ -314,7 +325,7 @@ class EmbeddingStore:
                         handle, "apply_gradients", split.local_rows(s),
                         flat_grads[split.positions(s)],
                     )  # fmt: skip
-                self._pending.append(fut)
+                self._pending.append((s, fut))
             self._bound_pending()
 
     def set_weights(self, matrix: Any) -> None:
@@ -350,12 +361,7 @@ class EmbeddingStore:
         """Wait until every push made so far is applied; raise the first shard error."""
         with self._lock:
             pending, self._pending = list(self._pending), collections.deque()
-            try:
-                self._get(pending)
-            except BaseException as err:
-                self._error = None
-                raise err
-            self._raise_pending()
+            self._get([f for _, f in pending])
 
     # -- checkpoints (shardemb.checkpoint) ------------------------------------------------
     def save(self, path: str, *, step: int | None = None) -> dict:
@@ -427,7 +433,45 @@ class EmbeddingStore:
     def _get(self, futures: list) -> list:
         if self._closed:
             raise TableNotFoundError(f"Table {self.config.name!r} was closed.")
-        return self._backend.get(futures, timeout=self.timeout)
+        try:
+            return self._backend.get(futures, timeout=self.timeout)
+        except ShardRestartedError:
+            raise
+        except ShardUnavailableError as err:
+            self._recover(err)  # always raises
+            raise
+
+    def _recover(self, err: ShardUnavailableError) -> None:
+        """Find the dead shards; restart them from :attr:`last_checkpoint` if there is one
+        (raising :class:`ShardRestartedError`), else raise naming them."""
+        alive = self._backend.alive(self._handles)
+        dead = [i for i, ok in enumerate(alive) if not ok]
+        if not dead:
+            raise err
+        # Pushes to dead shards are lost; those to live shards are still applied by them.
+        self._pending = collections.deque((s, f) for s, f in self._pending if s not in dead)
+        name = self.config.name
+        if self.last_checkpoint is None:
+            raise ShardUnavailableError(
+                f"Shard(s) {dead} of table {name!r} died and there is no checkpoint to "
+                "restart them from (save one with store.save or a CheckpointManager). "
+                f"Cause: {err}"
+            ) from err
+        from shardemb.checkpoint import load_shard
+
+        step = None
+        for i in dead:
+            self._handles[i] = self._backend.restart(self.config, i, self._resources,
+                                                     self._detached)  # fmt: skip
+            step = load_shard(self, i, self.last_checkpoint)
+        if self._shm:
+            self._shm.close()
+        self._shm = False  # probe again: a restarted shard may run elsewhere
+        raise ShardRestartedError(
+            f"Shard(s) {dead} of table {name!r} died and were restarted from the checkpoint "
+            f"{self.last_checkpoint!r} (step {step}). Pushes applied to them since that "
+            "checkpoint were lost; the other shards are untouched."
+        ) from err
 
     def _raise_pending(self) -> None:
         """Raise the error of any push that already finished with one (fire-and-forget
@@ -435,11 +479,14 @@ class EmbeddingStore:
         if self._closed:
             raise TableNotFoundError(f"Table {self.config.name!r} was closed.")
         if self._pending:
-            done, _ = self._backend.done(list(self._pending))
+            done, _ = self._backend.done([f for _, f in self._pending])
             if done:
-                done_set = set(map(id, done))
-                self._pending = collections.deque(f for f in self._pending if id(f) not in done_set)
-                self._get(done)
+                done_ids = set(map(id, done))
+                finished = [f for _, f in self._pending if id(f) in done_ids]
+                self._pending = collections.deque(
+                    (s, f) for s, f in self._pending if id(f) not in done_ids
+                )
+                self._get(finished)
 
     def _channel(self) -> _ShmChannel | None:
         """The shared-memory channel to the shards on this host, probed on first use."""
@@ -463,7 +510,7 @@ class EmbeddingStore:
     def _bound_pending(self) -> None:
         limit = MAX_PENDING_PER_SHARD * self.config.num_shards
         if len(self._pending) > limit:
-            oldest = [self._pending.popleft() for _ in range(len(self._pending) - limit // 2)]
+            oldest = [self._pending.popleft()[1] for _ in range(len(self._pending) - limit // 2)]
             self._get(oldest)
 
 

@@ -113,7 +113,7 @@ def test_flush_raises_a_shard_error(backend, table_name):
         # Bypass the router's checks to make the shard itself fail on a push.
         bad = store._backend.submit(store._handles[1], "apply_gradients",
                                     np.array([0]), np.ones((1, 3), np.float32))  # fmt: skip
-        store._pending.append(bad)
+        store._pending.append((1, bad))
         with pytest.raises(InvalidGradientError, match="Shard 1 expected gradients"):
             store.flush()
         store.flush()  # reported once, then the store goes on
@@ -124,7 +124,7 @@ def test_pending_push_errors_surface_at_the_next_call(ray_session, table_name):
     with EmbeddingStore.create(table_name, 10, 2, num_shards=2) as store:
         bad = store._backend.submit(store._handles[0], "apply_gradients",
                                     np.array([99]), np.ones((1, 2), np.float32))  # fmt: skip
-        store._pending.append(bad)
+        store._pending.append((0, bad))
         ray_session.wait([bad])
         with pytest.raises(InvalidIdsError, match="Shard 0 holds local rows"):
             store.lookup([1])

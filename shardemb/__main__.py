@@ -1,0 +1,5 @@
+"""``python -m shardemb ...`` is the ``shardemb`` command."""
+
+from shardemb.cli import main
+
+raise SystemExit(main())

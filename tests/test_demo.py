@@ -1,0 +1,99 @@
+"""The recommender demo (shardemb demo / examples/train_recommender.py) at tiny sizes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from shardemb.cli import main as cli_main
+from shardemb.errors import DataFormatError
+from shardemb.demo import main as demo_main
+from shardemb.recsys.data import synthetic_interactions
+
+TINY = ["--backend", "inprocess", "--users", "120", "--items", "80", "--interactions", "1500",
+        "--batch-size", "128", "--dim", "8", "--eval-users", "100"]  # fmt: skip
+
+
+def _results(out):
+    with open(out / "results.json") as f:
+        return json.load(f)
+
+
+def _write(path, fmt, log):
+    # Raw ids far from 0..n-1, so the demo must remap them.
+    users, items = log.users * 7 + 100, log.items * 3 + 5000
+    rows = zip(users, items, log.ratings, log.timestamps, strict=True)
+    if fmt == "tsv":
+        text = "".join(f"{u}\t{i}\t{r:g}\t{t}\n" for u, i, r, t in rows)
+    elif fmt == "dat":
+        text = "".join(f"{u}::{i}::{r:g}::{t}\n" for u, i, r, t in rows)
+    else:
+        text = "userId,movieId,rating,timestamp\n" + "".join(
+            f"{u},{i},{r:g},{t}\n" for u, i, r, t in rows
+        )
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("fmt,name", [("tsv", "u.data"), ("dat", "ratings.dat"),
+                                      ("csv", "ratings.csv")])  # fmt: skip
+def test_each_movielens_format_trains(fmt, name, tmp_path):
+    log = synthetic_interactions(60, 40, 600, seed=3)
+    data = tmp_path / name
+    _write(data, fmt, log)
+    out = tmp_path / "run"
+    demo_main(["--backend", "inprocess", "--data", str(data), "--epochs", "4", "--batch-size",
+               "64", "--dim", "8", "--learning-rate", "0.3", "--out", str(out)])  # fmt: skip
+    res = _results(out)
+    losses = [h["loss"] for h in res["history"]]
+    assert res["data"]["users"] == 60 and res["data"]["items"] <= 40
+    assert losses[-1] < losses[0]
+    assert (out / "mappings" / "users.json").exists() and (out / "training.png").exists()
+    assert res["checkpoints"]["users"].endswith("step-4")
+
+
+def test_resume_with_restore_shards_equals_an_unbroken_run(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    demo_main([*TINY, "--epochs", "3", "--out", str(straight)])
+    demo_main([*TINY, "--epochs", "1", "--out", str(resumed)])  # "interrupted" after epoch 1
+    demo_main([*TINY, "--epochs", "3", "--out", str(resumed), "--resume",
+               "--restore-shards", "3"])  # fmt: skip
+    a, b = _results(straight), _results(resumed)
+    assert b["shards"] == {"users": 3, "items": 3} and a["shards"] == {"users": 2, "items": 2}
+    assert [h["epoch"] for h in b["history"]] == [1, 2, 3]
+    for key in ("loss", "recall@10", "ndcg@10"):
+        assert [h[key] for h in a["history"]] == pytest.approx([h[key] for h in b["history"]],
+                                                               rel=1e-6)  # fmt: skip
+
+
+def test_resume_reuses_the_saved_id_mapping(tmp_path):
+    log = synthetic_interactions(50, 30, 400, seed=1)
+    data = tmp_path / "ratings.csv"
+    _write(data, "csv", log)
+    out = tmp_path / "run"
+    args = ["--backend", "inprocess", "--data", str(data), "--batch-size", "64", "--dim", "4",
+            "--out", str(out)]  # fmt: skip
+    demo_main([*args, "--epochs", "1"])
+    mapping = (out / "mappings" / "items.json").read_text()
+    # Append a rating of a new item: a fresh mapping would shift every row after it.
+    with open(data, "a") as f:
+        f.write("100,4999,5,99999999\n")
+    with pytest.raises(DataFormatError, match="not in the saved id mapping"):
+        demo_main([*args, "--epochs", "2", "--resume"])
+    assert (out / "mappings" / "items.json").read_text() == mapping
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("", r"ratings.csv.*empty"),
+        ("userId,movieId,rating,timestamp\n1,2,5,100\n3,x,4,101\n", r"ratings.csv.*line 3"),
+        ("userId,movieId,rating,timestamp\n1,2,5\n", r"ratings.csv.*line 2"),
+    ],
+)
+def test_bad_data_names_file_and_line(content, match, tmp_path, capsys):
+    data = tmp_path / "ratings.csv"
+    data.write_text(content)
+    code = cli_main(["demo", "--backend", "inprocess", "--data", str(data), "--out",
+                     str(tmp_path / "o")])  # fmt: skip
+    assert code == 2
+    assert np.any([m for m in [__import__("re").search(match, capsys.readouterr().err, 16)]])
