@@ -168,7 +168,22 @@ class RayBackend:
                 detached: bool = False):  # fmt: skip
         """A new, empty actor for shard ``index`` under the same name (its rows are then
         loaded from a checkpoint by the caller)."""
-        handle = self._start_actor(config, index, resources, detached, initialize=False)
+        import time
+
+        try:
+            self._ray.kill(self._ray.get_actor(actor_name(config.name, index), NAMESPACE))
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                handle = self._start_actor(config, index, resources, detached, initialize=False)
+                break
+            except ValueError as err:
+                # The cluster frees a dead actor's name a moment after its death.
+                if "already taken" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         self.get([handle.ping.remote()], timeout=600)
         return handle
 

@@ -5,18 +5,26 @@ Layout (format version 1)::
 
     <path>/
       zarr.json                    root group, attributes {"shardemb_checkpoint": 1}
-      shards/<s>/weights           (rows of shard s, dim): its rows in local order
-      shards/<s>/slots/<name>      (rows of shard s, width): an optimizer slot, same order
-      manifest.json                written last: table config, shape, dtype, shard count,
-                                   partition, step, slots, arrays, bytes, creation time
+      shards/<s>/weights/          array (rows of shard s, dim): its rows in local order
+        zarr.json, c/<i>/0         chunk i: rows [i * chunk_rows, (i + 1) * chunk_rows)
+      shards/<s>/slots/<name>/     array (rows of shard s, width): an optimizer slot
+      manifest.json                written last: format_version, name, shape, dtype,
+                                   num_shards, partition, shard_rows, step, train_step,
+                                   slots, chunk_rows, compression, checksum, nbytes,
+                                   stored_bytes, created, table (the full TableConfig),
+                                   arrays (shape, chunks, nchunks, bytes of each)
 
 Local row ``i`` of shard ``s`` is global row ``i * N + s`` for the ``mod`` partition and
 ``start_s + i`` (contiguous ranges, the first ``vocab_size % N`` shards one row longer) for
-``div``. Chunks are ``chunk_rows`` full rows (about 16 MiB by default), every chunk is
-written (also all-zero ones) and ends with a crc32c checksum (zarr's ``crc32c`` codec);
-compression is off by default (``compression="zstd"`` trades half the speed for a few %).
-Two shards never write the same chunk, and a shard of the restored table reads from the
-saved shards only the rows it holds, a bounded window of chunks at a time.
+``div``. Chunks are ``chunk_rows`` full rows (about 16 MiB of weights by default; the last
+is zero-padded, as zarr stores edge chunks), every chunk is written (also all-zero ones)
+and ends with a crc32c (zarr's ``crc32c`` codec); compression is off by default
+(``compression="zstd"`` halved the speed for an 8% smaller checkpoint). Two shards never
+write the same chunk: each writes its own arrays (local disks: chunk files directly, in
+zarr's encoding, several at a time; elsewhere through zarr). A shard of a restored table
+reads only the saved arrays holding its rows, a bounded window of chunks at a time; for
+``mod`` onto ``mod`` with another shard count its rows are spread over every chunk, so
+each new shard reads (in parallel) most of the saved chunks.
 
 A checkpoint exists once ``manifest.json`` does: it is written to a temporary name and
 renamed (file and folder fsynced on local disks) after every chunk is durable, so a save
@@ -75,6 +83,7 @@ from shardemb.partition import Partition
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointManager",
+    "load_shard",
     "read_manifest",
     "read_table",
     "register_cli",
@@ -88,7 +97,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 #: Target bytes of one chunk of the weights (64k rows of 64 float32: measured best).
 CHUNK_BYTES = 16 << 20
-#: Bytes a shard hands to zarr per write call (its chunks are written concurrently).
+#: Bytes of rows a saving shard has in flight (their chunks are written concurrently).
 WRITE_BLOCK_BYTES = 128 << 20
 #: Rows (weights plus slots) a restoring shard holds in memory at once, in bytes.
 READ_WINDOW_BYTES = 256 << 20
@@ -97,7 +106,7 @@ KILL_ENV = "SHARDEMB_CHECKPOINT_KILL_AT"
 KILL_STAGES = ("start", "before_data", "mid_chunks", "before_manifest", "manifest_tmp",
                "after_manifest", "before_prune", "mid_prune")  # fmt: skip
 COMPRESSIONS = ("zstd", "zstd:<level>", "lz4")
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_DIR = re.compile(r"^step-(0|[1-9][0-9]*)$")
 
 
 # --------------------------------------------------------------------------------------
@@ -142,6 +151,7 @@ def save_store(store, path: str, *, step: int | None = None, chunk_rows: int | N
     chunk_rows = _chunk_rows(chunk_rows, row_bytes, int(sizes.max()))
     codecs = _codecs(compression, checksum)
 
+    store.flush()  # push errors surface before anything on disk changes
     loc.prepare_empty()
     import zarr
 
@@ -201,6 +211,7 @@ def save_store(store, path: str, *, step: int | None = None, chunk_rows: int | N
     _maybe_kill("before_manifest", kill_at)
     loc.commit(MANIFEST, json.dumps(manifest, indent=1).encode(), kill_at)
     _maybe_kill("after_manifest", kill_at)
+    store.last_checkpoint = path  # a shard that dies is restarted from here
     return manifest
 
 
@@ -208,6 +219,16 @@ def _write_shard(shard, loc: _Location, layout: dict, kinds: list[str], block_ro
                  kill_at: str | None) -> dict:  # fmt: skip
     """Shard side of a save: write this shard's rows and slots block by block; a block's
     chunks are written (and made durable) while the next block is prepared."""
+    try:
+        return _write_arrays(shard, loc, layout, kinds, block_rows, kill_at)
+    except OSError as err:  # disk full, permissions: say where
+        raise CheckpointError(
+            f"Shard {shard.index} could not write its arrays to {loc.url!r}: {err}"
+        ) from None
+
+
+def _write_arrays(shard, loc: _Location, layout: dict, kinds: list[str], block_rows: int,
+                  kill_at: str | None) -> dict:  # fmt: skip
     base = f"shards/{shard.index}"
     step = shard.step  # the actor runs nothing else meanwhile: rows, slots, step agree
     with _Chunks(loc, loc.url, **layout) as chunks:
@@ -261,7 +282,7 @@ def read_manifest(path: str, *, expected_table: str | None = None) -> dict:
     if raw is None:
         if not loc.exists():
             raise CheckpointNotFoundError(f"No checkpoint at {path!r}: it does not exist.")
-        if not loc.sizes(""):
+        if not loc.listdir():
             raise CheckpointNotFoundError(f"No checkpoint at {path!r}: the folder is empty.")
         raise CheckpointCorruptError(
             f"Checkpoint {path!r} is incomplete: it has no {MANIFEST} (its save did not finish)."
@@ -283,8 +304,7 @@ def read_manifest(path: str, *, expected_table: str | None = None) -> dict:
     _check_manifest(m, path)
     if expected_table is not None and m["name"] != expected_table:
         raise CheckpointCorruptError(
-            f"Checkpoint {path!r} holds table {m['name']!r}, not the expected "
-            f"{expected_table!r}."
+            f"Checkpoint {path!r} holds table {m['name']!r}, not the expected {expected_table!r}."
         )
     return m
 
@@ -315,8 +335,20 @@ def _check_manifest(m: dict, path: str) -> None:
                 f"{MANIFEST} of {path!r}: {key} is {found[key]!r} but the table config "
                 f"implies {value!r}."
             )
-    if isinstance(m["step"], bool) or not isinstance(m["step"], int) or m["step"] < 0:
-        raise CheckpointCorruptError(f"{MANIFEST} of {path!r}: bad step {m['step']!r}.")
+    for key in ("step", "chunk_rows"):
+        value = m[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (key != "step"):
+            raise CheckpointCorruptError(f"{MANIFEST} of {path!r}: bad {key} {value!r}.")
+    if m["checksum"] not in (None, "crc32c") or not isinstance(m["arrays"], dict):
+        raise CheckpointCorruptError(
+            f"{MANIFEST} of {path!r}: bad checksum {m['checksum']!r} or arrays."
+        )
+    try:
+        _codecs(m["compression"], False)
+    except InvalidConfigError:
+        raise CheckpointCorruptError(
+            f"{MANIFEST} of {path!r}: unknown compression {m['compression']!r}."
+        ) from None
     for name, shape in _array_shapes(m).items():
         entry = m["arrays"].get(name)
         if not isinstance(entry, dict) or entry.get("shape") != shape:
@@ -410,8 +442,9 @@ def read_table(path: str, *, slot: str | None = None) -> np.ndarray:
         ...                                    optimizer="adagrad", backend="inprocess")
         >>> path = os.path.join(tempfile.mkdtemp(), "c")
         >>> _ = s.save(path)
-        >>> read_table(path).shape, float(read_table(path, slot="accumulator")[0, 0])
-        ((10, 3), 0.1)
+        >>> acc = read_table(path, slot="accumulator")  # Adagrad's, untouched so far
+        >>> read_table(path).shape, acc.shape, bool((acc == acc.dtype.type(0.1)).all())
+        ((10, 3), (10, 3), True)
         >>> s.close()
     """
     m = verify_checkpoint(path)
@@ -466,17 +499,70 @@ def restore_store(path: str, *, name: str | None = None, num_shards: int | None 
     loc = _Location.of(path)
     loc.check_backend(runtime.get("backend", "ray"))
     store = EmbeddingStore._start(cfg, initialize=False, **runtime)
+    try:
+        store.shard_call(_read_shard, loc, *_read_args(m, path))
+    except BaseException:
+        try:
+            store.close()
+        except ShardembError:
+            pass  # the read error says more
+        raise
+    store.last_checkpoint = path
+    return store
+
+
+def load_shard(store, index: int, path: str, *, step: int | None = None) -> int:
+    """Refill shard ``index`` of ``store`` (e.g. a restarted, empty one) with its rows,
+    slots and step from the checkpoint at ``path``, saved with any sharding; returns the
+    checkpoint's step. The other shards are not touched. ``step`` sets the shard's step
+    instead (e.g. the other shards' one: saves need all shards on the same step).
+
+    Example:
+        >>> import os, tempfile, shardemb
+        >>> s = shardemb.EmbeddingStore.create("doc-load", 10, 2, num_shards=2,
+        ...                                    backend="inprocess")
+        >>> path = os.path.join(tempfile.mkdtemp(), "c")
+        >>> _ = s.save(path)
+        >>> load_shard(s, 1, path)
+        0
+        >>> s.close()
+    """
+    m = verify_checkpoint(path)
+    cfg = store.config
+    slots = {k: w for k, (w, _) in cfg.optimizer.slot_specs(cfg.dim).items()}
+    if (m["shape"], m["dtype"], m["slots"]) != ([cfg.vocab_size, cfg.dim], cfg.dtype, slots):
+        raise CheckpointCorruptError(
+            f"Checkpoint {path!r} holds a {m['shape']} {m['dtype']} table with slots "
+            f"{m['slots']}; table {cfg.name!r} is {[cfg.vocab_size, cfg.dim]} {cfg.dtype} "
+            f"with slots {slots}."
+        )
+    if not 0 <= index < cfg.num_shards:
+        raise InvalidConfigError(
+            f"`index` must be a shard of table {cfg.name!r} (0 to {cfg.num_shards - 1}). "
+            f"Received: index={index!r}"
+        )
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int | np.integer)):
+        raise InvalidConfigError(f"`step` must be an integer or None. Received: step={step!r}")
+    loc = _Location.of(path)
+    loc.check_backend(store._backend.name)
+    source, window_rows, path = _read_args(m, path)
+    if step is not None:
+        source["step"] = int(step)
+    backend = store._backend
+    future = backend.submit(store._handles[index], "call", _read_shard, loc, source,
+                            window_rows, path)  # fmt: skip
+    backend.get([future], timeout=store.timeout)
+    return int(m["step"])
+
+
+def _read_args(m: dict, path: str) -> tuple:
+    """What :func:`_read_shard` needs to know of checkpoint ``m``."""
     source = {k: m[k] for k in ("shape", "num_shards", "partition", "shard_rows", "slots",
                                 "step")}  # fmt: skip
     source.update(_layout(m))
     row_bytes = (m["shape"][1] + sum(m["slots"].values())) * np.dtype(m["dtype"]).itemsize
     window_rows = max(m["chunk_rows"], READ_WINDOW_BYTES // row_bytes)
-    try:
-        store.shard_call(_read_shard, loc, source, window_rows, str(path))
-    except BaseException:
-        store.close()
-        raise
-    return store
+    return source, window_rows, str(path)
 
 
 def _read_shard(shard, loc: _Location, src: dict, window_rows: int, path: str) -> int:
@@ -510,16 +596,17 @@ def _read_shard(shard, loc: _Location, src: dict, window_rows: int, path: str) -
                 glob = new.global_rows(shard.index, np.arange(start, stop))
                 owner = old.shard_of(glob)
                 local = old.local_rows(glob, owner)
-                sources = np.unique(owner)
+                sources = np.flatnonzero(np.bincount(owner, minlength=old.num_shards))
             # Read straight into the shard's rows when they are in host memory.
             dest = {k: _host_view(st, start, stop) for k, st in storages.items()}
             in_place = all(v is not None for v in dest.values())
             if not in_place:
                 dest = {k: buffer(("block", k), stop - start, w) for k, w in widths.items()}
             for s in sources.tolist():
-                sel = slice(None) if sources.size == 1 else owner == s
+                sel = slice(None) if sources.size == 1 else _as_slice(np.flatnonzero(owner == s))
                 rows = local[sel]
                 lo, hi = int(rows[0]), int(rows[-1]) + 1  # increasing: both maps are monotone
+                pick = _as_slice(rows - lo)  # mod and div give strided rows: no fancy indexing
                 for kind, width in widths.items():
                     name, num = f"shards/{s}/{kind}", src["shard_rows"][s]
                     if sources.size == 1 and hi - lo == rows.size:
@@ -527,7 +614,7 @@ def _read_shard(shard, loc: _Location, src: dict, window_rows: int, path: str) -
                     else:
                         window = chunks.read(name, num, lo, hi,
                                              buffer(("window", kind), hi - lo, width))  # fmt: skip
-                        dest[kind][sel] = window[rows - lo]
+                        dest[kind][sel] = window[pick]
             if not in_place:
                 slots = {k.removeprefix("slots/"): v for k, v in dest.items() if k != "weights"}
                 shard.write_block(start, dest["weights"], slots, src["step"])
@@ -535,17 +622,20 @@ def _read_shard(shard, loc: _Location, src: dict, window_rows: int, path: str) -
     return shard.num_rows
 
 
+def _as_slice(positions: np.ndarray) -> slice | np.ndarray:
+    """``positions`` (increasing) as a slice when they are evenly spaced."""
+    if positions.size == 1:
+        return slice(int(positions[0]), int(positions[0]) + 1)
+    step = int(positions[1] - positions[0])
+    if step > 0 and (np.diff(positions) == step).all():
+        return slice(int(positions[0]), int(positions[-1]) + 1, step)
+    return positions
+
+
 def _host_view(storage, start: int, stop: int) -> np.ndarray | None:
     """Rows ``[start, stop)`` of a shard's storage as a numpy view when they live in host
     memory (saves a copy of the table each way), else ``None``."""
-    view = getattr(storage, "view", None)
-    if callable(view):
-        return view(start, stop)
-    from shardemb.storage import NumpyStorage
-
-    # Until RowStorage has a public view(): NumpyStorage keeps its rows in ``_data``.
-    data = getattr(storage, "_data", None) if type(storage) is NumpyStorage else None
-    return data[start:stop] if isinstance(data, np.ndarray) else None
+    return storage.view(start, stop)
 
 
 class _Chunks:
@@ -693,7 +783,9 @@ class CheckpointManager:
     """Numbered checkpoints ``root/step-<N>`` of a table, keeping the last ``keep``.
 
     A checkpoint counts once committed (its manifest written); older ones beyond ``keep``
-    and leftovers of interrupted saves are deleted only after a new one is committed.
+    and leftovers of interrupted saves are deleted only after a new one is committed (first
+    their manifest, so a deletion cut short leaves no half checkpoint). One process at a
+    time saves under a root.
     ``save_options`` go to :func:`save_store` (``chunk_rows``, ``compression``,
     ``checksum``); with ``table``, restores check that checkpoints belong to that table.
 
@@ -775,7 +867,8 @@ class CheckpointManager:
         kill_at = _kill_stage()
         _maybe_kill("before_prune", kill_at)
         committed = self.steps()
-        doomed = committed[: -self.keep] if self.keep else []
+        # The oldest beyond ``keep``, never the one just saved (even if it is not the newest).
+        doomed = [s for s in committed[: -self.keep] if s != newest] if self.keep else []
         # Leftovers of interrupted saves older than the one just committed.
         doomed += [s for s in self._dirs() if s < newest and s not in committed]
         for s in doomed:
@@ -911,6 +1004,8 @@ class _Location:
     def prepare_empty(self) -> None:
         """Make the folder exist and be empty; an old checkpoint there stops being one
         first, a folder of other files is refused."""
+        if self.local and os.path.exists(self.local) and not os.path.isdir(self.local):
+            raise CheckpointError(f"Refusing to save into {self.url!r}: it is a file.")
         names = self.listdir()
         if names:
             if not {MANIFEST, "zarr.json", f"{MANIFEST}.tmp"} & set(names):
@@ -988,9 +1083,13 @@ def _fsync(path: str, directory: bool = False) -> None:
 
 def _chunk_rows(chunk_rows: int | None, row_bytes: int, max_rows: int) -> int:
     if chunk_rows is None:
-        return max(1, min(max_rows, CHUNK_BYTES // row_bytes))
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int | np.integer) or (
-        chunk_rows < 1
+        # About CHUNK_BYTES each, evened out so the last chunk of a shard is barely padded.
+        target = max(1, min(max_rows, CHUNK_BYTES // row_bytes))
+        return -(-max_rows // -(-max_rows // target))
+    if (
+        isinstance(chunk_rows, bool)
+        or not isinstance(chunk_rows, int | np.integer)
+        or (chunk_rows < 1)
     ):
         raise InvalidConfigError(
             f"`chunk_rows` must be a positive integer or None. Received: chunk_rows={chunk_rows!r}"

@@ -39,6 +39,8 @@ SCRATCH_MAX_ROWS = 1 << 24
 def check_ids(ids: object, vocab_size: int, *, name: str = "ids") -> np.ndarray:
     """``ids`` as an int64 array, or :class:`InvalidIdsError` naming what is wrong."""
     arr = np.asarray(ids)
+    if arr.size == 0 and arr.dtype.kind in "fiub":  # np.asarray([]) is float64
+        return arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.isnan(arr).any():
             detail = "NaN"

@@ -54,6 +54,11 @@ class RowStorage:
         """Overwrite the contiguous rows starting at ``start``."""
         raise NotImplementedError
 
+    def view(self, start: int, stop: int) -> np.ndarray | None:
+        """Rows ``[start, stop)`` as a writable numpy view when they live in host memory
+        (checkpoints read and write them in place), else ``None``."""
+        return None
+
     def host(self, values: Any) -> np.ndarray:
         """Convert a storage-native array to numpy."""
         return np.asarray(values)
@@ -88,6 +93,9 @@ class NumpyStorage(RowStorage):
 
     def to_numpy(self, start, stop):
         return self._data[start:stop].copy()
+
+    def view(self, start, stop):
+        return self._data[start:stop]
 
     def write(self, start, values):
         self._data[start : start + len(values)] = values

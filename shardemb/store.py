@@ -364,13 +364,15 @@ class EmbeddingStore:
             self._get([f for _, f in pending])
 
     # -- checkpoints (shardemb.checkpoint) ------------------------------------------------
-    def save(self, path: str, *, step: int | None = None) -> dict:
+    def save(self, path: str, *, step: int | None = None, **options) -> dict:
         """Write rows, optimizer slots, step, config and partition to a Zarr v3 checkpoint
-        at ``path`` (a folder or an fsspec URL); each shard writes its own rows. Returns
-        the committed manifest. See :mod:`shardemb.checkpoint`."""
+        at ``path`` (a folder or an fsspec URL); each shard writes its own rows. ``step``
+        is recorded as the training step; ``options`` are ``chunk_rows``,
+        ``compression`` (``None``, ``"zstd"``, ``"lz4"``) and ``checksum``. Returns the
+        committed manifest. See :mod:`shardemb.checkpoint`."""
         from shardemb.checkpoint import save_store
 
-        return save_store(self, path, step=step)
+        return save_store(self, path, step=step, **options)
 
     @classmethod
     def restore(cls, path: str, *, name: str | None = None, num_shards: int | None = None,
@@ -459,11 +461,16 @@ class EmbeddingStore:
             ) from err
         from shardemb.checkpoint import load_shard
 
+        # The restarted shard keeps the table's step (all shards count every push, and a
+        # save needs them to agree); its rows and slots go back to the checkpoint's.
+        live = next(i for i, ok in enumerate(alive) if ok) if len(dead) < len(alive) else None
+        table_step = self._get([self._backend.submit(self._handles[live], "info")])[0]["step"] \
+            if live is not None else None  # fmt: skip
         step = None
         for i in dead:
             self._handles[i] = self._backend.restart(self.config, i, self._resources,
                                                      self._detached)  # fmt: skip
-            step = load_shard(self, i, self.last_checkpoint)
+            step = load_shard(self, i, self.last_checkpoint, step=table_step)
         if self._shm:
             self._shm.close()
         self._shm = False  # probe again: a restarted shard may run elsewhere

@@ -126,6 +126,37 @@ def test_training_continues_exactly_after_restore(tmp_path, table_name):
         assert_same(state(restored), expected)
 
 
+def test_tensorflow_storage_round_trip_and_reshard(tmp_path, table_name):
+    """Storages without a host view (TensorFlow, GPU) go through read/write_block."""
+    store = EmbeddingStore.create(table_name, 53, 4, num_shards=2, optimizer="adam", seed=1,
+                                  storage="tensorflow", backend="inprocess")  # fmt: skip
+    with store:
+        train(store, batches(53, 4, 2))
+        ckpt.save_store(store, str(tmp_path / "c"), chunk_rows=4)
+        before = state(store)
+    with EmbeddingStore.restore(str(tmp_path / "c"), num_shards=3,
+                                backend="inprocess") as restored:  # fmt: skip
+        assert restored.config.storage == "tensorflow"
+        assert_same(state(restored), before)
+
+
+def test_load_shard_refills_one_shard_from_any_sharding(saved, table_name):
+    store, path, before = saved  # 3 mod shards
+    with EmbeddingStore.restore(path, name=table_name + "-2", num_shards=2, partition="div",
+                                backend="inprocess") as other:  # fmt: skip
+        empty = type(other._handles[1])(other.config, 1, initialize=False)  # as if restarted
+        other._handles[1] = empty
+        assert ckpt.load_shard(other, 1, path) == 4
+        assert_same(state(other), before)
+        assert ckpt.load_shard(other, 0, path, step=9) == 4
+        assert [i["step"] for i in other.info()] == [9, 4]
+    with make_store(table_name + "-3", optimizer="adagrad") as wrong:
+        with pytest.raises(CheckpointCorruptError, match="with slots {'m': 6, 'v': 6}; table"):
+            ckpt.load_shard(wrong, 0, path)
+    with pytest.raises(InvalidConfigError, match="`index` must be a shard of table"):
+        ckpt.load_shard(store, 3, path)
+
+
 def test_saved_arrays_are_plain_zarr(saved):
     import zarr
 
@@ -181,6 +212,18 @@ def test_pushes_before_save_are_in_and_after_are_not(tmp_path, table_name):
         assert not np.array_equal(store.to_numpy(), before["weights"])
     with EmbeddingStore.restore(str(tmp_path / "c"), backend="inprocess") as restored:
         assert_same(state(restored), before)
+
+
+def test_write_errors_name_the_path_and_commit_nothing(tmp_path, table_name, monkeypatch):
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt._Chunks, "_write_chunk", disk_full)
+    with make_store(table_name) as store:
+        with pytest.raises(CheckpointError, match=r"Shard 0 could not write its arrays to "
+                           r"'.*full'.*No space left"):  # fmt: skip
+            store.save(str(tmp_path / "full"))
+    assert not (tmp_path / "full" / "manifest.json").exists()
 
 
 def test_shards_disagreeing_on_step_are_not_committed(tmp_path, table_name):
@@ -249,6 +292,9 @@ _DAMAGE = [
     (_edit_manifest(format_version=99), r"unknown format version 99; this shardemb reads"),
     (_edit_manifest(format="other"), r"is not a shardemb checkpoint manifest"),
     (_edit_manifest(step=-1), r"bad step -1"),
+    (_edit_manifest(chunk_rows=0), r"bad chunk_rows 0"),
+    (_edit_manifest(compression="brotli"), r"unknown compression 'brotli'"),
+    (_edit_manifest(table={"name": "x"}), r"bad table config"),
     (_rewrite_array_shape, r"'shards/1/slots/v' has shape \[20, 6\].*manifest says shape"),
     (_bad_json, r"manifest.json of .* is not valid JSON"),
     (_drop_manifest, r"is incomplete: it has no manifest.json"),
@@ -345,6 +391,8 @@ def test_invalid_arguments(saved, tmp_path, table_name):
     with pytest.raises(CheckpointError, match="Refusing to save into .*notes"):
         store.save(str(tmp_path / "notes"))
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    with pytest.raises(CheckpointError, match="Refusing to save into .*todo.txt.*a file"):
+        store.save(str(tmp_path / "notes" / "todo.txt"))
 
 
 # -- manager -----------------------------------------------------------------------------
@@ -368,11 +416,14 @@ def test_manager_keeps_the_last_k_and_sorts_numerically(tmp_path, table_name):
             mgr.save(store, 100)
         os.makedirs(os.path.join(root, "step-50", "shards"))  # an interrupted save
         os.makedirs(os.path.join(root, "unrelated"))
+        os.makedirs(os.path.join(root, "step-007"))  # not a name the manager writes
+        with open(os.path.join(root, "step-007", "manifest.json"), "w") as f:
+            f.write("{}")
         assert mgr.steps() == [9, 10, 100]
         train(store, pushes[:1])
         mgr.save(store, 100, overwrite=True)
         after = state(store)
-    assert sorted(os.listdir(root)) == ["step-10", "step-100", "step-9", "unrelated"]
+    assert sorted(os.listdir(root)) == ["step-007", "step-10", "step-100", "step-9", "unrelated"]
     assert ckpt.read_manifest(mgr.latest())["train_step"] == 100
     with mgr.restore_latest(backend="inprocess", num_shards=2) as restored:
         assert_same(state(restored), after)
@@ -381,6 +432,16 @@ def test_manager_keeps_the_last_k_and_sorts_numerically(tmp_path, table_name):
             restored.to_numpy(), before["weights"])  # fmt: skip
     with pytest.raises(CheckpointCorruptError, match="holds table"):
         CheckpointManager(root, table="other").restore_latest(backend="inprocess")
+
+
+def test_manager_never_prunes_the_checkpoint_it_just_saved(tmp_path, table_name):
+    mgr = CheckpointManager(str(tmp_path), keep=1)
+    with make_store(table_name) as store:
+        mgr.save(store, 20)
+        mgr.save(store, 5)  # e.g. training restarted from an older checkpoint
+        assert mgr.steps() == [5, 20]
+        mgr.save(store, 6)
+    assert mgr.steps() == [6, 20]  # by step order 5 goes; 20 stays newest, 6 was just saved
 
 
 def test_memory_urls_with_the_inprocess_backend(table_name):

@@ -75,8 +75,9 @@ def crashed(tmp_path_factory):
     runs = {}
     for stage in STAGES:
         root = tmp_path_factory.mktemp(stage)
-        proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(root), stage], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        argv = [sys.executable, "-c", SCRIPT, str(root), stage]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
         runs[stage] = (root, proc)
     out = {}
     for stage, (root, proc) in runs.items():
