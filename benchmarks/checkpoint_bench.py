@@ -7,12 +7,14 @@ Builds a ``rows x dim`` float32 table with Adagrad (rows plus one slot of the sa
 
 - ``np.save`` of the same arrays (one file each) with fsync, and ``np.load`` of them;
 - ``store.save`` (each shard writes its arrays; fsync included);
-- ``EmbeddingStore.restore`` onto the same sharding (shard start-up included, and
-  reported separately) and onto ``S + 1`` shards with the other partition (resharding).
+- ``EmbeddingStore.restore`` onto the same sharding (shard start-up included; its two
+  phases, starting the shards and their reading, are timed apart in a second restore) and
+  onto ``S + 1`` shards with the other partition (resharding).
 
-Prints a markdown table and writes ``checkpoint_bench.json`` under ``--out``. Reads hit the
-page cache for both sides alike (nothing here can drop it). Target: save and restore at
-least half the np.save / np.load rate.
+Each operation runs ``--repeat`` times (default 2) and the best time counts, for both sides
+alike. Prints a markdown table and writes ``checkpoint_bench.json`` under ``--out``. Reads
+hit the page cache for both sides alike (nothing here can drop it). Target: save and
+restore at least half the np.save / np.load rate.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ import time
 import numpy as np
 
 from shardemb import EmbeddingStore
-from shardemb.checkpoint import save_store
+from shardemb.checkpoint import (
+    _Location,
+    _read_args,
+    _read_shard,
+    save_store,
+    verify_checkpoint,
+)
+from shardemb.config import TableConfig
 
 
 def _fsync_save(path: str, array: np.ndarray) -> None:
@@ -38,20 +47,27 @@ def _fsync_save(path: str, array: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
+def _best(repeat: int, fn, cleanup=None) -> tuple[float, list[float], object]:
+    """Run ``fn`` ``repeat`` times: (best seconds, all seconds, last value). ``cleanup``
+    gets each value but the last (outside the timing)."""
+    times, value = [], None
+    for i in range(repeat):
+        if value is not None and cleanup is not None:
+            cleanup(value)
+        start = time.perf_counter()
+        value = fn(i)
+        times.append(time.perf_counter() - start)
+    return min(times), times, value
 
 
 def run(rows: int, dim: int, shards: int, out: str, backend: str, workdir: str,
-        compression: str | None) -> dict:  # fmt: skip
+        compression: str | None, repeat: int) -> dict:  # fmt: skip
     os.makedirs(workdir, exist_ok=True)
     name = f"bench-{os.getpid()}"
-    t_create, store = _timed(
-        lambda: EmbeddingStore.create(name, rows, dim, num_shards=shards, optimizer="adagrad",
-                                      seed=0, backend=backend)  # fmt: skip
-    )
+    start = time.perf_counter()
+    store = EmbeddingStore.create(name, rows, dim, num_shards=shards, optimizer="adagrad",
+                                  seed=0, backend=backend)  # fmt: skip
+    t_create = time.perf_counter() - start
     nbytes = rows * dim * 4 * 2
     rng = np.random.default_rng(0)
     ids = rng.integers(0, rows, 4096)
@@ -63,45 +79,75 @@ def run(rows: int, dim: int, shards: int, out: str, backend: str, workdir: str,
     arrays = [np.random.default_rng(1).standard_normal((rows, dim), np.float32),
               np.full((rows, dim), 0.1, np.float32)]  # fmt: skip
     raw = [os.path.join(workdir, f"raw-{i}.npy") for i in range(2)]
-    t_np_save, _ = _timed(lambda: [_fsync_save(p, a) for p, a in zip(raw, arrays, strict=True)])
-    del arrays
-    t_np_load, loaded = _timed(lambda: [np.load(p) for p in raw])
-    del loaded
-
-    path = os.path.join(workdir, "ckpt")
-    t_save, manifest = _timed(lambda: save_store(store, path, compression=compression))
-    t_start, empty = _timed(
-        lambda: EmbeddingStore._start(store.config.replace(name=name + "-empty"),
-                                      initialize=False, backend=backend)  # fmt: skip
+    t_np_save, np_save_all, _ = _best(
+        repeat, lambda i: [_fsync_save(p, a) for p, a in zip(raw, arrays, strict=True)]
     )
-    empty.close()
-    t_restore, restored = _timed(
-        lambda: EmbeddingStore.restore(path, name=name + "-r", backend=backend)
+    arrays.clear()  # free before the store work
+    t_np_load, np_load_all, _ = _best(repeat, lambda i: [np.load(p) for p in raw])
+
+    paths = [os.path.join(workdir, f"ckpt-{i}") for i in range(repeat)]
+    t_save, save_all, manifest = _best(
+        repeat,
+        lambda i: save_store(store, paths[i], compression=compression),
+        cleanup=lambda m: shutil.rmtree(paths[0], ignore_errors=True),
+    )
+    path = paths[-1]
+
+    def close(s):
+        s.close()
+
+    # The same restore in its two phases: shard start-up, then the shards' reading.
+    phases = []
+
+    def phased(i):
+        m = verify_checkpoint(path)
+        cfg = TableConfig.from_dict({**m["table"], "name": f"{name}-p{i}"})
+        t0 = time.perf_counter()
+        empty = EmbeddingStore._start(cfg, initialize=False, backend=backend)
+        t1 = time.perf_counter()
+        empty.shard_call(_read_shard, _Location.of(path), *_read_args(m, path))
+        phases.append((t1 - t0, time.perf_counter() - t1))
+        return empty
+
+    _best(repeat, phased, cleanup=close)[2].close()
+    t_start, t_read = min(p[0] for p in phases), min(p[1] for p in phases)
+    t_restore, restore_all, restored = _best(
+        repeat,
+        lambda i: EmbeddingStore.restore(path, name=f"{name}-r{i}", backend=backend),
+        cleanup=close,
     )
     assert (restored.lookup(probe) == want).all()
     restored.close()
     other = "div" if store.config.partition.kind == "mod" else "mod"
-    t_reshard, resharded = _timed(
-        lambda: EmbeddingStore.restore(path, name=name + "-rs", num_shards=shards + 1,
-                                       partition=other, backend=backend)  # fmt: skip
-    )
+    t_reshard, reshard_all, resharded = _best(
+        repeat, lambda i: EmbeddingStore.restore(path, name=f"{name}-s{i}",
+                                                 num_shards=shards + 1, partition=other,
+                                                 backend=backend),
+        cleanup=close,
+    )  # fmt: skip
     assert (resharded.lookup(probe) == want).all()
     resharded.close()
     store.close()
 
-    gbs = lambda t: nbytes / t / 1e9  # noqa: E731
+    def gbs(t):
+        return nbytes / t / 1e9
+
     result = {
         "rows": rows, "dim": dim, "shards": shards, "backend": backend, "bytes": nbytes,
         "stored_bytes": manifest["stored_bytes"], "compression": compression,
-        "chunk_rows": manifest["chunk_rows"], "cpus": os.cpu_count(),
+        "chunk_rows": manifest["chunk_rows"], "cpus": os.cpu_count(), "repeat": repeat,
         "machine": platform.platform(), "create_s": t_create,
         "np_save_s": t_np_save, "np_save_gbs": gbs(t_np_save),
         "np_load_s": t_np_load, "np_load_gbs": gbs(t_np_load),
         "save_s": t_save, "save_gbs": gbs(t_save),
         "restore_s": t_restore, "restore_gbs": gbs(t_restore),
-        "shard_start_s": t_start, "restore_read_gbs": gbs(max(t_restore - t_start, 1e-9)),
+        "shard_start_s": t_start, "restore_read_s": t_read, "restore_read_gbs": gbs(t_read),
         "reshard_restore_s": t_reshard, "reshard_to": f"{shards + 1} {other}",
         "save_vs_np_save": t_np_save / t_save, "restore_vs_np_load": t_np_load / t_restore,
+        "restore_read_vs_np_load": t_np_load / t_read,
+        "all_seconds": {"np_save": np_save_all, "np_load": np_load_all, "save": save_all,
+                        "restore_phases": phases, "restore": restore_all,
+                        "reshard_restore": reshard_all},
     }  # fmt: skip
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "checkpoint_bench.json"), "w") as f:
@@ -114,7 +160,7 @@ def table(r: dict) -> str:
     lines = [
         f"Checkpoint benchmark: {size}, {r['shards']} shards ({r['backend']}), "
         f"{r['cpus']} CPUs, chunks of {r['chunk_rows']} rows, "
-        f"compression {r['compression'] or 'none'}",
+        f"compression {r['compression'] or 'none'}; best of {r['repeat']} runs each",
         "",
         "| operation | seconds | GB/s | vs np |",
         "|---|---:|---:|---:|",
@@ -124,7 +170,9 @@ def table(r: dict) -> str:
         f"| np.load | {r['np_load_s']:.2f} | {r['np_load_gbs']:.2f} | 1.00 |",
         f"| restore, same sharding | {r['restore_s']:.2f} | {r['restore_gbs']:.2f} | "
         f"{r['restore_vs_np_load']:.2f} |",
-        f"| (of which shard start-up) | {r['shard_start_s']:.2f} | | |",
+        f"| - of which shard start-up | {r['shard_start_s']:.2f} | | |",
+        f"| - of which the shards' reading | {r['restore_read_s']:.2f} | "
+        f"{r['restore_read_gbs']:.2f} | {r['restore_read_vs_np_load']:.2f} |",
         f"| restore onto {r['reshard_to']} | {r['reshard_restore_s']:.2f} | "
         f"{r['bytes'] / r['reshard_restore_s'] / 1e9:.2f} | |",
     ]
@@ -138,13 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--backend", choices=("ray", "inprocess"), default="ray")
     parser.add_argument("--compression", default=None, help="None, zstd, zstd:<level>, lz4")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per operation (best)")
     parser.add_argument("--out", default="benchmarks/out", help="where the JSON goes")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args(argv)
     workdir = args.workdir or tempfile.mkdtemp(prefix="shardemb-ckpt-bench-")
     try:
         result = run(args.rows, args.dim, args.shards, args.out, args.backend,
-                     os.path.join(workdir, "bench"), args.compression)  # fmt: skip
+                     os.path.join(workdir, "bench"), args.compression, args.repeat)  # fmt: skip
     finally:
         shutil.rmtree(os.path.join(workdir, "bench"), ignore_errors=True)
     print(table(result))
