@@ -27,8 +27,7 @@ def pretrained(backend: str) -> dict:
     """A pretrained matrix, frozen: training the rest of the model leaves it unchanged."""
     rng = np.random.default_rng(0)
     matrix = rng.normal(size=(1000, 16)).astype(np.float32)
-    layer = shardemb.ShardedEmbedding(1000, 16, weights=[matrix], trainable=False,
-                                      backend=backend)  # fmt: skip
+    layer = shardemb.ShardedEmbedding(1000, 16, weights=[matrix], trainable=False, backend=backend)
     inp = keras.Input((4,), dtype="int64")
     out = keras.layers.Dense(1)(keras.layers.Flatten()(layer(inp)))
     model = keras.Model(inp, out)
@@ -52,8 +51,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["ray", "inprocess"], default="ray")
     args = parser.parse_args(argv)
-    results = {"basic": basic(args.backend), "pretrained": pretrained(args.backend),
-               "padding": padding(args.backend)}  # fmt: skip
+    results = {
+        "basic": basic(args.backend),
+        "pretrained": pretrained(args.backend),
+        "padding": padding(args.backend),
+    }
     for name, result in results.items():
         print(f"{name}: {result}")
     return results

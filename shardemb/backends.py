@@ -75,8 +75,13 @@ class InProcessBackend:
     _tables: dict[str, list[Shard]] = {}
     _lock = threading.Lock()
 
-    def create(self, config: TableConfig, resources: ShardResources, detached: bool = False,
-               initialize: bool = True):  # fmt: skip
+    def create(
+        self,
+        config: TableConfig,
+        resources: ShardResources,
+        detached: bool = False,
+        initialize: bool = True,
+    ):
         with self._lock:
             if config.name in self._tables:
                 raise TableExistsError(
@@ -145,8 +150,13 @@ class RayBackend:
             self._actor_cls = self._ray.remote(_ShardActor)
         return self._actor_cls
 
-    def create(self, config: TableConfig, resources: ShardResources, detached: bool = False,
-               initialize: bool = True):  # fmt: skip
+    def create(
+        self,
+        config: TableConfig,
+        resources: ShardResources,
+        detached: bool = False,
+        initialize: bool = True,
+    ):
         if self._exists(actor_name(config.name, 0)):
             raise TableExistsError(
                 f"A table named {config.name!r} already exists on this Ray cluster "
@@ -164,8 +174,9 @@ class RayBackend:
             raise
         return handles
 
-    def restart(self, config: TableConfig, index: int, resources: ShardResources,
-                detached: bool = False):  # fmt: skip
+    def restart(
+        self, config: TableConfig, index: int, resources: ShardResources, detached: bool = False
+    ):
         """A new, empty actor for shard ``index`` under the same name (its rows are then
         loaded from a checkpoint by the caller)."""
         import time
@@ -219,8 +230,11 @@ class RayBackend:
             options["scheduling_strategy"] = "SPREAD"
         if detached:
             options["lifetime"] = "detached"
-        return self._cls().options(**options).remote(config, index, initialize=initialize,
-                                                     detached=detached)  # fmt: skip
+        return (
+            self._cls()
+            .options(**options)
+            .remote(config, index, initialize=initialize, detached=detached)
+        )
 
     def _exists(self, name: str) -> bool:
         try:
@@ -282,9 +296,7 @@ class RayBackend:
             futures, num_returns=len(futures), timeout=timeout, fetch_local=False
         )
         if not_ready:
-            raise ShardTimeoutError(
-                f"{len(not_ready)} push(es) did not finish within {timeout} s."
-            )
+            raise ShardTimeoutError(f"{len(not_ready)} push(es) did not finish within {timeout} s.")
 
     def kill(self, name: str, handles: list) -> None:
         for h in handles:
@@ -300,8 +312,9 @@ class RayBackend:
 class _ShardActor(Shard):
     """The shard as a Ray actor: adds what only makes sense inside Ray."""
 
-    def __init__(self, config: TableConfig, index: int, *, initialize: bool = True,
-                 detached: bool = False):  # fmt: skip
+    def __init__(
+        self, config: TableConfig, index: int, *, initialize: bool = True, detached: bool = False
+    ):
         super().__init__(config, index, initialize=initialize)
         self.detached = detached
 

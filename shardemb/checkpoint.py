@@ -103,8 +103,16 @@ WRITE_BLOCK_BYTES = 128 << 20
 READ_WINDOW_BYTES = 256 << 20
 #: Test hook: the save process kills itself (SIGKILL) at this stage.
 KILL_ENV = "SHARDEMB_CHECKPOINT_KILL_AT"
-KILL_STAGES = ("start", "before_data", "mid_chunks", "before_manifest", "manifest_tmp",
-               "after_manifest", "before_prune", "mid_prune")  # fmt: skip
+KILL_STAGES = (
+    "start",
+    "before_data",
+    "mid_chunks",
+    "before_manifest",
+    "manifest_tmp",
+    "after_manifest",
+    "before_prune",
+    "mid_prune",
+)
 COMPRESSIONS = ("zstd", "zstd:<level>", "lz4")
 _STEP_DIR = re.compile(r"^step-(0|[1-9][0-9]*)$")
 
@@ -112,8 +120,15 @@ _STEP_DIR = re.compile(r"^step-(0|[1-9][0-9]*)$")
 # --------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------
-def save_store(store, path: str, *, step: int | None = None, chunk_rows: int | None = None,
-               compression: str | None = None, checksum: bool = True) -> dict:  # fmt: skip
+def save_store(
+    store,
+    path: str,
+    *,
+    step: int | None = None,
+    chunk_rows: int | None = None,
+    compression: str | None = None,
+    checksum: bool = True,
+) -> dict:
     """Save ``store`` to ``path`` (see the module docstring) and return the manifest.
 
     Pushes this process made before the call are in the checkpoint, later ones are not;
@@ -155,21 +170,31 @@ def save_store(store, path: str, *, step: int | None = None, chunk_rows: int | N
     loc.prepare_empty()
     import zarr
 
-    zroot = zarr.create_group(loc.zarr_store(), zarr_format=3,
-                              attributes={"shardemb_checkpoint": FORMAT_VERSION})  # fmt: skip
+    zroot = zarr.create_group(
+        loc.zarr_store(), zarr_format=3, attributes={"shardemb_checkpoint": FORMAT_VERSION}
+    )
     for s, rows in enumerate(sizes.tolist()):
         for kind, width in widths.items():
             zroot.create_array(
-                f"shards/{s}/{kind}", shape=(rows, width), chunks=(chunk_rows, width),
-                dtype=cfg.dtype, compressors=codecs, filters=None, fill_value=0,
+                f"shards/{s}/{kind}",
+                shape=(rows, width),
+                chunks=(chunk_rows, width),
+                dtype=cfg.dtype,
+                compressors=codecs,
+                filters=None,
+                fill_value=0,
                 chunk_key_encoding={"name": "default", "separator": "/"},
-            )  # fmt: skip
+            )
     loc.fsync_tree()  # the metadata written so far
     _maybe_kill("before_data", kill_at)
 
     block_rows = chunk_rows * max(1, WRITE_BLOCK_BYTES // (chunk_rows * row_bytes))
-    layout = {"dtype": cfg.dtype, "chunk_rows": chunk_rows, "compression": compression,
-              "checksum": checksum}  # fmt: skip
+    layout = {
+        "dtype": cfg.dtype,
+        "chunk_rows": chunk_rows,
+        "compression": compression,
+        "checksum": checksum,
+    }
     written = store.shard_call(_write_shard, loc, layout, list(widths), block_rows, kill_at)
     steps = {w["step"] for w in written}
     if len(steps) != 1:
@@ -215,8 +240,9 @@ def save_store(store, path: str, *, step: int | None = None, chunk_rows: int | N
     return manifest
 
 
-def _write_shard(shard, loc: _Location, layout: dict, kinds: list[str], block_rows: int,
-                 kill_at: str | None) -> dict:  # fmt: skip
+def _write_shard(
+    shard, loc: _Location, layout: dict, kinds: list[str], block_rows: int, kill_at: str | None
+) -> dict:
     """Shard side of a save: write this shard's rows and slots block by block; a block's
     chunks are written (and made durable) while the next block is prepared."""
     try:
@@ -227,8 +253,9 @@ def _write_shard(shard, loc: _Location, layout: dict, kinds: list[str], block_ro
         ) from None
 
 
-def _write_arrays(shard, loc: _Location, layout: dict, kinds: list[str], block_rows: int,
-                  kill_at: str | None) -> dict:  # fmt: skip
+def _write_arrays(
+    shard, loc: _Location, layout: dict, kinds: list[str], block_rows: int, kill_at: str | None
+) -> dict:
     base = f"shards/{shard.index}"
     step = shard.step  # the actor runs nothing else meanwhile: rows, slots, step agree
     with _Chunks(loc, loc.url, **layout) as chunks:
@@ -311,8 +338,21 @@ def read_manifest(path: str, *, expected_table: str | None = None) -> dict:
 
 def _check_manifest(m: dict, path: str) -> None:
     """Every field present and consistent with the table config (hand edits, bit rot)."""
-    required = ("name", "shape", "dtype", "num_shards", "partition", "shard_rows", "step",
-                "slots", "chunk_rows", "compression", "checksum", "table", "arrays")  # fmt: skip
+    required = (
+        "name",
+        "shape",
+        "dtype",
+        "num_shards",
+        "partition",
+        "shard_rows",
+        "step",
+        "slots",
+        "chunk_rows",
+        "compression",
+        "checksum",
+        "table",
+        "arrays",
+    )
     missing = [k for k in required if k not in m]
     if missing:
         raise CheckpointCorruptError(f"{MANIFEST} of {path!r} lacks {missing}.")
@@ -320,15 +360,24 @@ def _check_manifest(m: dict, path: str) -> None:
         cfg = TableConfig.from_dict(m["table"])
     except (ShardembError, KeyError, TypeError, ValueError) as err:
         raise CheckpointCorruptError(f"{MANIFEST} of {path!r}: bad table config: {err}") from None
-    found = {"name": m["name"], "shape": m["shape"], "dtype": m["dtype"],
-             "num_shards": m["num_shards"], "partition": m["partition"],
-             "shard_rows": m["shard_rows"],
-             "slots": m["slots"]}  # fmt: skip
-    wanted = {"name": cfg.name, "shape": [cfg.vocab_size, cfg.dim], "dtype": cfg.dtype,
-              "num_shards": cfg.num_shards, "partition": cfg.partition.kind,
-              "shard_rows": cfg.partition.shard_sizes().tolist(),
-              "slots": {k: w for k, (w, _) in cfg.optimizer.slot_specs(cfg.dim).items()},
-              }  # fmt: skip
+    found = {
+        "name": m["name"],
+        "shape": m["shape"],
+        "dtype": m["dtype"],
+        "num_shards": m["num_shards"],
+        "partition": m["partition"],
+        "shard_rows": m["shard_rows"],
+        "slots": m["slots"],
+    }
+    wanted = {
+        "name": cfg.name,
+        "shape": [cfg.vocab_size, cfg.dim],
+        "dtype": cfg.dtype,
+        "num_shards": cfg.num_shards,
+        "partition": cfg.partition.kind,
+        "shard_rows": cfg.partition.shard_sizes().tolist(),
+        "slots": {k: w for k, (w, _) in cfg.optimizer.slot_specs(cfg.dim).items()},
+    }
     for key, value in wanted.items():
         if found[key] != value:
             raise CheckpointCorruptError(
@@ -368,8 +417,9 @@ def _array_shapes(m: dict) -> dict[str, list[int]]:
     return out
 
 
-def verify_checkpoint(path: str, *, expected_table: str | None = None,
-                      read_data: bool = False) -> dict:  # fmt: skip
+def verify_checkpoint(
+    path: str, *, expected_table: str | None = None, read_data: bool = False
+) -> dict:
     """Check the checkpoint at ``path`` and return its manifest: the manifest, then each
     array's metadata (shape, dtype, chunks) and the presence and size of every chunk
     (a listing, no data read); with ``read_data`` also every chunk's checksum.
@@ -428,8 +478,12 @@ def verify_checkpoint(path: str, *, expected_table: str | None = None,
 
 def _layout(m: dict) -> dict:
     """How the arrays of manifest ``m`` are chunked and encoded (:class:`_Chunks`)."""
-    return {"dtype": m["dtype"], "chunk_rows": m["chunk_rows"],
-            "compression": m.get("compression"), "checksum": bool(m.get("checksum"))}  # fmt: skip
+    return {
+        "dtype": m["dtype"],
+        "chunk_rows": m["chunk_rows"],
+        "compression": m.get("compression"),
+        "checksum": bool(m.get("checksum")),
+    }
 
 
 def read_table(path: str, *, slot: str | None = None) -> np.ndarray:
@@ -464,9 +518,15 @@ def read_table(path: str, *, slot: str | None = None) -> np.ndarray:
     return out
 
 
-def restore_store(path: str, *, name: str | None = None, num_shards: int | None = None,
-                  partition: str | None = None, expected_table: str | None = None,
-                  **runtime):  # fmt: skip
+def restore_store(
+    path: str,
+    *,
+    name: str | None = None,
+    num_shards: int | None = None,
+    partition: str | None = None,
+    expected_table: str | None = None,
+    **runtime,
+):
     """Rebuild the table saved at ``path`` on ``num_shards`` shards with ``partition``
     (default: as saved) under ``name`` (default: the saved name); ``runtime`` are
     :meth:`EmbeddingStore.create`'s ``backend``, ``address``, ``resources``, ``detached``,
@@ -549,16 +609,16 @@ def load_shard(store, index: int, path: str, *, step: int | None = None) -> int:
     if step is not None:
         source["step"] = int(step)
     backend = store._backend
-    future = backend.submit(store._handles[index], "call", _read_shard, loc, source,
-                            window_rows, path)  # fmt: skip
+    future = backend.submit(
+        store._handles[index], "call", _read_shard, loc, source, window_rows, path
+    )
     backend.get([future], timeout=store.timeout)
     return int(m["step"])
 
 
 def _read_args(m: dict, path: str) -> tuple:
     """What :func:`_read_shard` needs to know of checkpoint ``m``."""
-    source = {k: m[k] for k in ("shape", "num_shards", "partition", "shard_rows", "slots",
-                                "step")}  # fmt: skip
+    source = {k: m[k] for k in ("shape", "num_shards", "partition", "shard_rows", "slots", "step")}
     source.update(_layout(m))
     row_bytes = (m["shape"][1] + sum(m["slots"].values())) * np.dtype(m["dtype"]).itemsize
     window_rows = max(m["chunk_rows"], READ_WINDOW_BYTES // row_bytes)
@@ -584,8 +644,7 @@ def _read_shard(shard, loc: _Location, src: dict, window_rows: int, path: str) -
             buf = buffers[key] = np.empty((rows, width), src["dtype"])
         return buf[:rows]
 
-    storages = {"weights": shard.weights,
-                **{f"slots/{k}": shard.slots[k] for k in src["slots"]}}  # fmt: skip
+    storages = {"weights": shard.weights, **{f"slots/{k}": shard.slots[k] for k in src["slots"]}}
     layout = {k: src[k] for k in ("dtype", "chunk_rows", "compression", "checksum")}
     with _Chunks(loc, path, **layout) as chunks:
         for start in range(0, shard.num_rows, block):
@@ -612,8 +671,9 @@ def _read_shard(shard, loc: _Location, src: dict, window_rows: int, path: str) -
                     if sources.size == 1 and hi - lo == rows.size:
                         chunks.read(name, num, lo, hi, dest[kind])
                     else:
-                        window = chunks.read(name, num, lo, hi,
-                                             buffer(("window", kind), hi - lo, width))  # fmt: skip
+                        window = chunks.read(
+                            name, num, lo, hi, buffer(("window", kind), hi - lo, width)
+                        )
                         dest[kind][sel] = window[pick]
             if not in_place:
                 slots = {k.removeprefix("slots/"): v for k, v in dest.items() if k != "weights"}
@@ -647,8 +707,16 @@ class _Chunks:
     read and 1.6x its write throughput. Other arrays go through zarr.
     """
 
-    def __init__(self, loc: _Location, path: str, *, dtype: str, chunk_rows: int,
-                 compression: str | None, checksum: bool):  # fmt: skip
+    def __init__(
+        self,
+        loc: _Location,
+        path: str,
+        *,
+        dtype: str,
+        chunk_rows: int,
+        compression: str | None,
+        checksum: bool,
+    ):
         self.loc, self.path = loc, path
         self.dtype = np.dtype(dtype)
         self.chunk_rows, self.checksum = chunk_rows, bool(checksum)
@@ -667,8 +735,10 @@ class _Chunks:
         returns futures that are done once the chunks are durable."""
         c0, n = start // self.chunk_rows, self.chunk_rows
         if self.direct:
-            return [self.pool.submit(self._write_chunk, name, c0 + i // n, block[i : i + n])
-                    for i in range(0, len(block), n)]  # fmt: skip
+            return [
+                self.pool.submit(self._write_chunk, name, c0 + i // n, block[i : i + n])
+                for i in range(0, len(block), n)
+            ]
         self._zarr(name, write=True)[start : start + len(block)] = block
         if not self.loc.local:
             return []
@@ -709,8 +779,9 @@ class _Chunks:
         futures = []
         for c in range(lo // n, (hi - 1) // n + 1):
             a, b = max(lo, c * n), min(hi, (c + 1) * n, num_rows)
-            futures.append(self.pool.submit(self._read_chunk, name, c, a - c * n,
-                                            out[a - lo : b - lo]))  # fmt: skip
+            futures.append(
+                self.pool.submit(self._read_chunk, name, c, a - c * n, out[a - lo : b - lo])
+            )
         for f in futures:
             f.result()
         return out
@@ -753,8 +824,9 @@ class _Chunks:
             import zarr
 
             try:
-                arr = zarr.open_array(self.loc.zarr_store(read_only=not write), path=name,
-                                      mode="r+" if write else "r")  # fmt: skip
+                arr = zarr.open_array(
+                    self.loc.zarr_store(read_only=not write), path=name, mode="r+" if write else "r"
+                )
             except Exception as err:  # noqa: BLE001 - any failure here means damage
                 raise CheckpointCorruptError(
                     f"Checkpoint {self.path!r}: array {name!r} cannot be opened: {_why(err)}"
@@ -805,8 +877,9 @@ class CheckpointManager:
         >>> r.close()
     """
 
-    def __init__(self, root: str, keep: int | None = 3, *, table: str | None = None,
-                 **save_options):  # fmt: skip
+    def __init__(
+        self, root: str, keep: int | None = 3, *, table: str | None = None, **save_options
+    ):
         if keep is not None and (
             isinstance(keep, bool) or not isinstance(keep, int | np.integer) or keep < 1
         ):
@@ -1137,17 +1210,19 @@ def _maybe_kill(stage: str, kill_at: str | None) -> None:
 # --------------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
     """Add ``checkpoint inspect PATH`` to the ``shardemb`` command's sub-commands."""
-    parser = subparsers.add_parser("checkpoint", help="inspect checkpoints",
-                                   description="Inspect shardemb checkpoints.")  # fmt: skip
+    parser = subparsers.add_parser(
+        "checkpoint", help="inspect checkpoints", description="Inspect shardemb checkpoints."
+    )
     _add_inspect(parser.add_subparsers(dest="checkpoint_command", required=True))
 
 
 def _add_inspect(subparsers) -> None:
     p = subparsers.add_parser(
-        "inspect", help="print a checkpoint's manifest and whether it is complete",
+        "inspect",
+        help="print a checkpoint's manifest and whether it is complete",
         description="Print a checkpoint's manifest and check it is complete (every array "
         "and chunk present, sizes right). Exits 1 if it is missing, incomplete or damaged.",
-    )  # fmt: skip
+    )
     p.add_argument("path", help="checkpoint folder or URL")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--verify", action="store_true", help="also read every chunk (checksums)")
@@ -1176,11 +1251,14 @@ def _inspect_command(args: argparse.Namespace) -> int:
         ("step", f"{m['step']}{train}"),
         ("optimizer", m["table"]["optimizer"].get("name", "?")),
         ("slots", slots),
-        ("bytes", f"{m['nbytes']} ({m['stored_bytes']} stored, compression "
-                  f"{m.get('compression') or 'none'}, checksum {m.get('checksum')})"),
+        (
+            "bytes",
+            f"{m['nbytes']} ({m['stored_bytes']} stored, compression "
+            f"{m.get('compression') or 'none'}, checksum {m.get('checksum')})",
+        ),
         ("created", m.get("created", "?")),
         ("format", f"{m['format']} v{m['format_version']}"),
-    ]  # fmt: skip
+    ]
     for key, value in lines:
         print(f"{key:<11}{value}")
     return 0
@@ -1188,8 +1266,9 @@ def _inspect_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m shardemb.checkpoint inspect PATH``."""
-    parser = argparse.ArgumentParser(prog="python -m shardemb.checkpoint",
-                                     description="Inspect shardemb checkpoints.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m shardemb.checkpoint", description="Inspect shardemb checkpoints."
+    )
     _add_inspect(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -22,8 +22,9 @@ def _demo(args: argparse.Namespace) -> int:  # reached only for `shardemb demo` 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardemb", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train the recommender demo (examples/train_recommender.py)",
-                          add_help=False)  # fmt: skip
+    demo = sub.add_parser(
+        "demo", help="train the recommender demo (examples/train_recommender.py)", add_help=False
+    )
     demo.add_argument("rest", nargs=argparse.REMAINDER)
     demo.set_defaults(func=_demo)
     for register in _registrars():

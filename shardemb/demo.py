@@ -70,8 +70,9 @@ def parse_args(argv: list[str] | None) -> DemoConfig:
     p.add_argument("--dim", type=int, default=d.dim)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--learning-rate", type=float,
-                   help="default: 1.0 for sgd and adagrad, 0.01 for adam")  # fmt: skip
+    p.add_argument(
+        "--learning-rate", type=float, help="default: 1.0 for sgd and adagrad, 0.01 for adam"
+    )
     p.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adagrad", "adam"])
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--num-shards", type=int, default=d.num_shards)
@@ -80,14 +81,25 @@ def parse_args(argv: list[str] | None) -> DemoConfig:
     p.add_argument("--out", default=d.out, help="folder for checkpoints and results")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--restore-shards", type=int, help="restore onto this many shards")
-    p.add_argument("--compare-keras", action="store_true",
-                   help="also train the same model on keras.layers.Embedding")  # fmt: skip
+    p.add_argument(
+        "--compare-keras",
+        action="store_true",
+        help="also train the same model on keras.layers.Embedding",
+    )
     p.add_argument("--eval-users", type=int, default=d.eval_users)
     p.add_argument("--seed", type=int, default=d.seed)
     a = p.parse_args(argv)
     cfg = DemoConfig(**{k: v for k, v in vars(a).items() if k in DemoConfig.__dataclass_fields__})
-    for name in ("users", "items", "interactions", "dim", "epochs", "batch_size", "num_shards",
-                 "eval_users"):  # fmt: skip
+    for name in (
+        "users",
+        "items",
+        "interactions",
+        "dim",
+        "epochs",
+        "batch_size",
+        "num_shards",
+        "eval_users",
+    ):
         if getattr(cfg, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive. Received: {getattr(cfg, name)}")
     if cfg.learning_rate is None:
@@ -117,8 +129,9 @@ def load_data(cfg: DemoConfig, out: str):
             # The rows of the checkpointed tables follow the saved mapping, not a new one.
             users, items = IdMapping.load(users_path), IdMapping.load(items_path)
             try:
-                log = type(raw)(users.to_rows(raw.users), items.to_rows(raw.items),
-                                raw.ratings, raw.timestamps)  # fmt: skip
+                log = type(raw)(
+                    users.to_rows(raw.users), items.to_rows(raw.items), raw.ratings, raw.timestamps
+                )
             except ShardembError as err:
                 raise DataFormatError(
                     f"{cfg.data} holds ids that are not in the saved id mapping of the run in "
@@ -171,8 +184,11 @@ def in_batch_softmax_loss(y_true, logits):
 def _keras_optimizer(name: str, lr: float):
     import keras
 
-    return {"sgd": keras.optimizers.SGD, "adagrad": keras.optimizers.Adagrad,
-            "adam": keras.optimizers.Adam}[name](learning_rate=lr)  # fmt: skip
+    return {
+        "sgd": keras.optimizers.SGD,
+        "adagrad": keras.optimizers.Adagrad,
+        "adam": keras.optimizers.Adam,
+    }[name](learning_rate=lr)
 
 
 def _evaluate(user_table, item_table, train, test, eval_users: int, seed: int) -> dict:
@@ -184,10 +200,18 @@ def _evaluate(user_table, item_table, train, test, eval_users: int, seed: int) -
         users = np.sort(np.random.default_rng(seed).choice(users, eval_users, replace=False))
     keep_test = np.isin(test.users, users)
     keep_train = np.isin(train.users, users)
-    sub_test = Interactions(test.users[keep_test], test.items[keep_test],
-                            test.ratings[keep_test], test.timestamps[keep_test])  # fmt: skip
-    sub_train = Interactions(train.users[keep_train], train.items[keep_train],
-                             train.ratings[keep_train], train.timestamps[keep_train])  # fmt: skip
+    sub_test = Interactions(
+        test.users[keep_test],
+        test.items[keep_test],
+        test.ratings[keep_test],
+        test.timestamps[keep_test],
+    )
+    sub_train = Interactions(
+        train.users[keep_train],
+        train.items[keep_train],
+        train.ratings[keep_train],
+        train.timestamps[keep_train],
+    )
     return evaluate(user_table, item_table, sub_train, sub_test, k=10)
 
 
@@ -204,15 +228,19 @@ def run(cfg: DemoConfig) -> dict:
     train, test, num_users, num_items = load_data(cfg, out)
     counts = np.bincount(train.items, minlength=num_items).astype(np.float64) + 1.0
     item_log_prob = np.log(counts / counts.sum())
-    print(f"data: {num_users:,} users, {num_items:,} items, {len(train):,} train and "
-          f"{len(test):,} test interactions")  # fmt: skip
+    print(
+        f"data: {num_users:,} users, {num_items:,} items, {len(train):,} train and "
+        f"{len(test):,} test interactions"
+    )
 
     if cfg.backend == "ray":
         from shardemb.backends import ensure_ray
 
         ensure_ray(cfg.address)
-    managers = {t: CheckpointManager(os.path.join(out, "checkpoints", t), keep=cfg.keep_checkpoints)
-                for t in ("users", "items")}  # fmt: skip
+    managers = {
+        t: CheckpointManager(os.path.join(out, "checkpoints", t), keep=cfg.keep_checkpoints)
+        for t in ("users", "items")
+    }
     state_path = os.path.join(out, "state.json")
     history: list[dict] = []
     start_epoch = 0
@@ -224,52 +252,83 @@ def run(cfg: DemoConfig) -> dict:
             state = json.load(f)
         start_epoch, history = state["epoch"], state["history"]
         for t, m in managers.items():
-            stores[t] = m.restore_latest(name=f"demo-{t}-{run_id}", num_shards=cfg.restore_shards,
-                                         backend=cfg.backend)  # fmt: skip
+            stores[t] = m.restore_latest(
+                name=f"demo-{t}-{run_id}", num_shards=cfg.restore_shards, backend=cfg.backend
+            )
         where = managers["users"].latest()
-        print(f"resumed from {where} (epoch {start_epoch}) on "
-              f"{stores['users'].num_shards} shard(s)")  # fmt: skip
+        print(
+            f"resumed from {where} (epoch {start_epoch}) on {stores['users'].num_shards} shard(s)"
+        )
     else:
         sizes = {"users": num_users, "items": num_items}
         for i, t in enumerate(("users", "items")):
             stores[t] = shardemb.EmbeddingStore.create(
-                f"demo-{t}-{run_id}", sizes[t], cfg.dim, num_shards=min(cfg.num_shards, sizes[t]),
-                optimizer=opt, initializer={"kind": "normal", "stddev": 0.1},
-                seed=cfg.seed + i, backend=cfg.backend,
-            )  # fmt: skip
-    user_layer = shardemb.ShardedEmbedding(num_users, cfg.dim, store=stores["users"],
-                                           name="user_embedding")  # fmt: skip
-    item_layer = shardemb.ShardedEmbedding(num_items, cfg.dim, store=stores["items"],
-                                           name="item_embedding")  # fmt: skip
+                f"demo-{t}-{run_id}",
+                sizes[t],
+                cfg.dim,
+                num_shards=min(cfg.num_shards, sizes[t]),
+                optimizer=opt,
+                initializer={"kind": "normal", "stddev": 0.1},
+                seed=cfg.seed + i,
+                backend=cfg.backend,
+            )
+    user_layer = shardemb.ShardedEmbedding(
+        num_users, cfg.dim, store=stores["users"], name="user_embedding"
+    )
+    item_layer = shardemb.ShardedEmbedding(
+        num_items, cfg.dim, store=stores["items"], name="item_embedding"
+    )
     model = build_model(user_layer, item_layer, item_log_prob, cfg.temperature)
     model.compile(_keras_optimizer(cfg.optimizer, cfg.learning_rate), in_batch_softmax_loss)
 
     baseline = popularity_baseline(train, test, num_items, k=10)
     x = {"user": train.users, "item": train.items}
     dummy_y = np.zeros(len(train), np.float32)
-    print(f"most-popular baseline: recall@10 {baseline['recall']:.4f}, "
-          f"NDCG@10 {baseline['ndcg']:.4f}")  # fmt: skip
+    print(
+        f"most-popular baseline: recall@10 {baseline['recall']:.4f}, NDCG@10 {baseline['ndcg']:.4f}"
+    )
 
     for epoch in range(start_epoch, cfg.epochs):
         # Each epoch's order depends on the epoch alone, so a resumed run sees the same data.
         perm = np.random.default_rng(cfg.seed + 1 + epoch).permutation(len(train))
         t0 = time.perf_counter()
         print(f"epoch {epoch + 1}/{cfg.epochs}")
-        fit = model.fit({k: v[perm] for k, v in x.items()}, dummy_y[perm],
-                        batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=1)  # fmt: skip
+        fit = model.fit(
+            {k: v[perm] for k, v in x.items()},
+            dummy_y[perm],
+            batch_size=cfg.batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=1,
+        )
         train_s = time.perf_counter() - t0
-        metrics = _evaluate(stores["users"].to_numpy(), stores["items"].to_numpy(), train, test,
-                            cfg.eval_users, cfg.seed)  # fmt: skip
+        metrics = _evaluate(
+            stores["users"].to_numpy(),
+            stores["items"].to_numpy(),
+            train,
+            test,
+            cfg.eval_users,
+            cfg.seed,
+        )
         t1 = time.perf_counter()
         for t, m in managers.items():
             m.save(stores[t], epoch + 1)
         ckpt_s = time.perf_counter() - t1
-        history.append({"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
-                        "recall@10": metrics["recall"], "ndcg@10": metrics["ndcg"],
-                        "train_seconds": train_s, "checkpoint_seconds": ckpt_s})  # fmt: skip
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(fit.history["loss"][-1]),
+                "recall@10": metrics["recall"],
+                "ndcg@10": metrics["ndcg"],
+                "train_seconds": train_s,
+                "checkpoint_seconds": ckpt_s,
+            }
+        )
         _atomic_json(state_path, {"epoch": epoch + 1, "history": history})
-        print(f"  loss {history[-1]['loss']:.4f}  recall@10 {metrics['recall']:.4f}  "
-              f"NDCG@10 {metrics['ndcg']:.4f}  ({train_s:.1f} s train, {ckpt_s:.2f} s checkpoint)")
+        print(
+            f"  loss {history[-1]['loss']:.4f}  recall@10 {metrics['recall']:.4f}  "
+            f"NDCG@10 {metrics['ndcg']:.4f}  ({train_s:.1f} s train, {ckpt_s:.2f} s checkpoint)"
+        )
 
     results = {
         "config": asdict(cfg),
@@ -281,8 +340,9 @@ def run(cfg: DemoConfig) -> dict:
         "checkpoints": {t: m.latest() for t, m in managers.items()},
     }
     if cfg.compare_keras:
-        results["keras_embedding"] = _train_keras(cfg, train, test, num_users, num_items,
-                                                  item_log_prob)  # fmt: skip
+        results["keras_embedding"] = _train_keras(
+            cfg, train, test, num_users, num_items, item_log_prob
+        )
     results["seconds"] = time.perf_counter() - t_start
     _atomic_json(os.path.join(out, "results.json"), results)
     _plot(history, baseline, results.get("keras_embedding"), os.path.join(out, "training.png"))
@@ -296,10 +356,15 @@ def _train_keras(cfg, train, test, num_users, num_items, item_log_prob) -> dict:
     """The same model on keras.layers.Embedding, same data order and initial scale."""
     import keras
 
-    layers = [keras.layers.Embedding(n, cfg.dim, name=f"keras_{t}",
-                                     embeddings_initializer=keras.initializers.RandomNormal(
-                                         stddev=0.1, seed=cfg.seed + i))
-              for i, (t, n) in enumerate((("users", num_users), ("items", num_items)))]  # fmt: skip
+    layers = [
+        keras.layers.Embedding(
+            n,
+            cfg.dim,
+            name=f"keras_{t}",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=cfg.seed + i),
+        )
+        for i, (t, n) in enumerate((("users", num_users), ("items", num_items)))
+    ]
     model = build_model(layers[0], layers[1], item_log_prob, cfg.temperature)
     model.compile(_keras_optimizer(cfg.optimizer, cfg.learning_rate), in_batch_softmax_loss)
     x = {"user": train.users, "item": train.items}
@@ -309,14 +374,32 @@ def _train_keras(cfg, train, test, num_users, num_items, item_log_prob) -> dict:
         perm = np.random.default_rng(cfg.seed + 1 + epoch).permutation(len(train))
         t0 = time.perf_counter()
         print(f"keras.layers.Embedding epoch {epoch + 1}/{cfg.epochs}")
-        fit = model.fit({k: v[perm] for k, v in x.items()}, dummy_y[perm],
-                        batch_size=cfg.batch_size, epochs=1, shuffle=False, verbose=1)  # fmt: skip
+        fit = model.fit(
+            {k: v[perm] for k, v in x.items()},
+            dummy_y[perm],
+            batch_size=cfg.batch_size,
+            epochs=1,
+            shuffle=False,
+            verbose=1,
+        )
         train_s = time.perf_counter() - t0
-        m = _evaluate(layers[0].get_weights()[0], layers[1].get_weights()[0], train, test,
-                      cfg.eval_users, cfg.seed)  # fmt: skip
-        history.append({"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
-                        "recall@10": m["recall"], "ndcg@10": m["ndcg"],
-                        "train_seconds": train_s})  # fmt: skip
+        m = _evaluate(
+            layers[0].get_weights()[0],
+            layers[1].get_weights()[0],
+            train,
+            test,
+            cfg.eval_users,
+            cfg.seed,
+        )
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(fit.history["loss"][-1]),
+                "recall@10": m["recall"],
+                "ndcg@10": m["ndcg"],
+                "train_seconds": train_s,
+            }
+        )
     return {"history": history, "final": history[-1]}
 
 
@@ -343,10 +426,15 @@ def _plot(history, baseline, keras_result, path: str) -> None:
     ax2.plot(epochs, [h["recall@10"] for h in history], "o-", label="ShardedEmbedding")
     if keras_result:
         kh = keras_result["history"]
-        ax1.plot([h["epoch"] for h in kh], [h["loss"] for h in kh], "s--",
-                 label="keras.layers.Embedding")  # fmt: skip
-        ax2.plot([h["epoch"] for h in kh], [h["recall@10"] for h in kh], "s--",
-                 label="keras.layers.Embedding")  # fmt: skip
+        ax1.plot(
+            [h["epoch"] for h in kh], [h["loss"] for h in kh], "s--", label="keras.layers.Embedding"
+        )
+        ax2.plot(
+            [h["epoch"] for h in kh],
+            [h["recall@10"] for h in kh],
+            "s--",
+            label="keras.layers.Embedding",
+        )
     ax2.axhline(baseline["recall"], color="gray", linestyle=":", label="most popular")
     ax1.set(xlabel="epoch", ylabel="training loss", title="Loss")
     ax2.set(xlabel="epoch", ylabel="recall@10", title="Recall@10 (held-out, full catalogue)")

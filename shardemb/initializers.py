@@ -105,9 +105,7 @@ def _gauss(counter: np.ndarray, base: np.uint64, stream: int) -> np.ndarray:
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def get_initializer(
-    initializer: object, shape: tuple[int, int] | None = None
-) -> Initializer:
+def get_initializer(initializer: object, shape: tuple[int, int] | None = None) -> Initializer:
     """Turn a name, a config dict, an :class:`Initializer` or a Keras initializer into an
     :class:`Initializer`. ``shape`` (``(vocab_size, dim)``) is needed for the
     ``VarianceScaling`` family, whose scale depends on fan-in and fan-out.
@@ -168,9 +166,7 @@ def _from_keras(obj: object, shape: tuple[int, int] | None) -> Initializer:
         if shape is None:
             raise InvalidConfigError(f"`{cls}` needs the table shape to compute its scale.")
         fan_in, fan_out = shape
-        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[
-            obj.mode
-        ]
+        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[obj.mode]
         variance = obj.scale / max(1.0, fan)
         if obj.distribution == "uniform":
             limit = math.sqrt(3.0 * variance)

@@ -148,7 +148,8 @@ class ShardedEmbedding(keras.layers.Layer):
             not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards <= 0
         ):
             raise InvalidConfigError(
-                f"`num_shards` must be a positive integer or None. Received: num_shards={num_shards!r}"
+                "`num_shards` must be a positive integer or None. "
+                f"Received: num_shards={num_shards!r}"
             )
         if store is not None and not isinstance(store, EmbeddingStore):
             raise InvalidConfigError(
@@ -202,11 +203,18 @@ class ShardedEmbedding(keras.layers.Layer):
             num_shards = min(self.num_shards or 2, self.input_dim)
             base = "".join(c if c.isalnum() or c in "_.-" else "-" for c in self.name)[:80]
             self.store = EmbeddingStore.create(
-                f"{base}-{uuid.uuid4().hex[:8]}", self.input_dim, self.output_dim,
-                num_shards=num_shards, partition=self.partition, initializer=self._initializer,
-                optimizer=self._optimizer, seed=self.seed, backend=self.backend,
-                address=self.address, resources=self.resources,
-            )  # fmt: skip
+                f"{base}-{uuid.uuid4().hex[:8]}",
+                self.input_dim,
+                self.output_dim,
+                num_shards=num_shards,
+                partition=self.partition,
+                initializer=self._initializer,
+                optimizer=self._optimizer,
+                seed=self.seed,
+                backend=self.backend,
+                address=self.address,
+                resources=self.resources,
+            )
         # Zero parameters; only here so gradients reach the layer (see the module doc).
         self._push_anchor = self.add_weight(
             name="push_anchor", shape=(0,), initializer="zeros", trainable=True
@@ -234,8 +242,8 @@ class ShardedEmbedding(keras.layers.Layer):
             self.build()
         if len(weights) != 1:
             raise InvalidConfigError(
-                f"`weights` must be a list of one matrix of shape {(self.input_dim, self.output_dim)}. "
-                f"Received: {len(weights)} arrays"
+                "`weights` must be a list of one matrix of shape "
+                f"{(self.input_dim, self.output_dim)}. Received: {len(weights)} arrays"
             )
         self.store.set_weights(np.asarray(weights[0]))
 
@@ -373,11 +381,19 @@ class TableCheckpoint(keras.callbacks.Callback):
         >>> layer.close()
     """
 
-    def __init__(self, root: str, *, every_n_epochs: int | None = 1,
-                 every_n_batches: int | None = None, keep: int | None = 3):  # fmt: skip
+    def __init__(
+        self,
+        root: str,
+        *,
+        every_n_epochs: int | None = 1,
+        every_n_batches: int | None = None,
+        keep: int | None = 3,
+    ):
         super().__init__()
-        for arg, value in (("every_n_epochs", every_n_epochs),
-                           ("every_n_batches", every_n_batches)):  # fmt: skip
+        for arg, value in (
+            ("every_n_epochs", every_n_epochs),
+            ("every_n_batches", every_n_batches),
+        ):
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise InvalidConfigError(
                     f"`{arg}` must be a positive integer or None. Received: {arg}={value!r}"
@@ -426,8 +442,9 @@ class TableCheckpoint(keras.callbacks.Callback):
                 )
             old = layer.store
             kwargs = {"backend": layer.backend, **restore_kwargs}
-            new = EmbeddingStore.restore(latest, name=f"{old.name}-r{uuid.uuid4().hex[:6]}",
-                                         **kwargs)  # fmt: skip
+            new = EmbeddingStore.restore(
+                latest, name=f"{old.name}-r{uuid.uuid4().hex[:6]}", **kwargs
+            )
             if new.shape != (layer.input_dim, layer.output_dim):
                 new.close()
                 raise InvalidConfigError(

@@ -23,8 +23,8 @@ Example:
     >>> rows, slots = opt.update(NUMPY_OPS, np.ones((1, 2), np.float32),
     ...                          opt.init_slots(NUMPY_OPS, 1, 2, "float32"),
     ...                          np.ones((1, 2), np.float32), step=1)
-    >>> rows.round(4).tolist()
-    [[0.9047, 0.9047]]
+    >>> [round(float(x), 4) for x in rows[0]]
+    [0.9047, 0.9047]
 """
 
 from __future__ import annotations
@@ -270,10 +270,18 @@ OPTIMIZERS: dict[str, type[SparseOptimizer]] = {
 _KERAS_NAMES = {"SGD": SGD, "Adagrad": Adagrad, "Adam": Adam, "Ftrl": Ftrl}
 # Keras optimizer config keys that say nothing about the update rule of a table.
 _KERAS_IGNORED = {
-    "name", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue", "use_ema",
-    "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
-    "gradient_accumulation_steps", "amsgrad",
-}  # fmt: skip
+    "name",
+    "weight_decay",
+    "clipnorm",
+    "global_clipnorm",
+    "clipvalue",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+    "amsgrad",
+}
 
 
 def get_optimizer(optimizer: object) -> SparseOptimizer:

@@ -149,8 +149,10 @@ class Shard:
     def write_rows(self, start: int, values: np.ndarray) -> None:
         """Overwrite contiguous local rows from ``start`` (``set_weights``); slots are kept."""
         values = np.asarray(values, dtype=self.config.dtype)
-        if values.ndim != 2 or values.shape[1] != self.config.dim or not (
-            0 <= start and start + len(values) <= self.num_rows
+        if (
+            values.ndim != 2
+            or values.shape[1] != self.config.dim
+            or not (0 <= start and start + len(values) <= self.num_rows)
         ):
             raise InvalidGradientError(
                 f"Shard {self.index} cannot write rows [{start}, {start + len(values)}) of "

@@ -24,14 +24,25 @@ VOCAB, DIM, BATCH = 4096, 16, 256
 
 
 def _worker(args, seed: int, queue) -> None:
+    try:
+        queue.put(("ok", _work(args, seed)))
+    except BaseException as err:  # report, never die silently
+        import traceback
+
+        queue.put(("error", f"worker {seed}: {err!r}\n{traceback.format_exc()}"))
+
+
+def _work(args, seed: int):
     import psutil
     import ray
 
     import shardemb
+    from shardemb.errors import CheckpointError
 
     ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
     store = shardemb.EmbeddingStore.connect(args.name)
     rng = np.random.default_rng(seed)
+    saves = [0, 0]  # committed, refused
     counts = np.zeros(VOCAB, np.int64)
     grads = np.full((BATCH, DIM), -1.0, np.float32)
     proc = psutil.Process()
@@ -45,12 +56,18 @@ def _worker(args, seed: int, queue) -> None:
         elif kind < 0.98:
             store.lookup(ids)
         else:
-            store.save(os.path.join(args.checkpoint_dir, f"w{seed}-{op}"))
+            # A save that races another process's pushes is refused rather than committed
+            # with shards of different versions; both outcomes are fine here.
+            try:
+                store.save(os.path.join(args.checkpoint_dir, f"w{seed}-{op}"))
+                saves[0] += 1
+            except CheckpointError:
+                saves[1] += 1
         if op % max(1, args.ops // 10) == 0:
             rss.append(proc.memory_info().rss)
     store.flush()
     rss.append(proc.memory_info().rss)
-    queue.put((counts, rss))
+    return counts, rss, saves
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,26 +89,49 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ray.init(address=args.address, logging_level="ERROR")
     args.checkpoint_dir = args.checkpoint_dir or tempfile.mkdtemp(prefix="shardemb-soak-")
-    store = shardemb.EmbeddingStore.create(args.name, VOCAB, DIM, num_shards=3,
-                                           initializer="zeros",
-                                           optimizer={"name": "sgd", "learning_rate": 1.0})  # fmt: skip
+    store = shardemb.EmbeddingStore.create(
+        args.name,
+        VOCAB,
+        DIM,
+        num_shards=3,
+        initializer="zeros",
+        optimizer={"name": "sgd", "learning_rate": 1.0},
+    )
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(args, seed, queue))
-             for seed in range(args.processes)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_worker, args=(args, seed, queue)) for seed in range(args.processes)
+    ]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=3600) for _ in procs]
+    results, errors = [], []
+    while len(results) + len(errors) < len(procs):
+        try:
+            status, payload = queue.get(timeout=2)
+        except Exception:  # noqa: BLE001 - queue.Empty: check nobody died without a word
+            if any(p.exitcode not in (None, 0) for p in procs):
+                errors.append(f"a worker died: exit codes {[p.exitcode for p in procs]}")
+                break
+            continue
+        (results if status == "ok" else errors).append(payload)
     for p in procs:
         p.join(timeout=60)
-    expect = sum(c for c, _ in results).astype(np.float32)
+    if errors:
+        print("\n".join(errors))
+        store.close()
+        return 1
+    expect = sum(r[0] for r in results).astype(np.float32)
     table = store.to_numpy()
     exact = bool((table == expect[:, None]).all())
     # Flat: the last samples may not exceed the first one after warm-up by more than 64 MiB.
-    growth = [max(r[2:]) - r[1] if len(r) > 2 else 0 for _, r in results]
+    growth = [max(r[2:]) - r[1] if len(r) > 2 else 0 for _, r, _ in results]
     flat = all(g < 64 * 2**20 for g in growth)
-    print(f"processes: {args.processes}, ops each: {args.ops}, pushes: {int(expect.sum()) // 1}")
+    print(f"processes: {args.processes}, ops each: {args.ops}, row updates: {int(expect.sum())}")
     print(f"rss growth per process (MiB): {[round(g / 2**20, 1) for g in growth]}")
+    print(
+        f"saves committed / refused (raced another process): "
+        f"{sum(r[2][0] for r in results)} / {sum(r[2][1] for r in results)}"
+    )
     print(f"table exact: {exact}")
     print(f"rss flat: {flat}")
     store.close()

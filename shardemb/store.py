@@ -53,9 +53,17 @@ class EmbeddingStore:
     surface at :meth:`flush` or the next call.
     """
 
-    def __init__(self, config: TableConfig, backend, handles: list, *, owner: bool,
-                 timeout: float = 300.0, resources: ShardResources | None = None,
-                 detached: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        config: TableConfig,
+        backend,
+        handles: list,
+        *,
+        owner: bool,
+        timeout: float = 300.0,
+        resources: ShardResources | None = None,
+        detached: bool = False,
+    ):
         self.config = config
         self._resources = resources or ShardResources()
         self._detached = detached
@@ -120,16 +128,39 @@ class EmbeddingStore:
             timeout: seconds any call waits for a shard before :class:`ShardTimeoutError`.
         """
         config = TableConfig.build(
-            name, vocab_size, dim, num_shards=num_shards, partition=partition,
-            initializer=initializer, optimizer=optimizer, dtype=dtype, seed=seed,
-            device=device, storage=storage,
-        )  # fmt: skip
-        return cls._start(config, resources=resources, detached=detached, backend=backend,
-                          address=address, timeout=timeout)  # fmt: skip
+            name,
+            vocab_size,
+            dim,
+            num_shards=num_shards,
+            partition=partition,
+            initializer=initializer,
+            optimizer=optimizer,
+            dtype=dtype,
+            seed=seed,
+            device=device,
+            storage=storage,
+        )
+        return cls._start(
+            config,
+            resources=resources,
+            detached=detached,
+            backend=backend,
+            address=address,
+            timeout=timeout,
+        )
 
     @classmethod
-    def _start(cls, config: TableConfig, *, resources=None, detached=False, backend="ray",
-               address=None, timeout=300.0, initialize=True) -> EmbeddingStore:  # fmt: skip
+    def _start(
+        cls,
+        config: TableConfig,
+        *,
+        resources=None,
+        detached=False,
+        backend="ray",
+        address=None,
+        timeout=300.0,
+        initialize=True,
+    ) -> EmbeddingStore:
         if detached and backend != "ray":
             raise InvalidConfigError("`detached=True` needs backend='ray'.")
         be = get_backend(backend, address)
@@ -139,16 +170,18 @@ class EmbeddingStore:
 
             check_capacity(config, resources)
         handles = be.create(config, resources, detached=detached, initialize=initialize)
-        store = cls(config, be, handles, owner=True, timeout=timeout, resources=resources,
-                    detached=detached)  # fmt: skip
+        store = cls(
+            config, be, handles, owner=True, timeout=timeout, resources=resources, detached=detached
+        )
         if not detached:
             # A non-detached table dies with its creator: make that explicit and prompt.
             store._finalizer = weakref.finalize(store, be.kill, config.name, list(handles))
         return store
 
     @classmethod
-    def connect(cls, name: str, *, backend: str = "ray", address: str | None = None,
-                timeout: float = 300.0) -> EmbeddingStore:  # fmt: skip
+    def connect(
+        cls, name: str, *, backend: str = "ray", address: str | None = None, timeout: float = 300.0
+    ) -> EmbeddingStore:
         """Attach to the table ``name`` created by another process on the same cluster.
 
         Example:
@@ -233,8 +266,7 @@ class EmbeddingStore:
         if channel is None:
             asked = [s for s in range(cfg.num_shards) if split.bounds[s + 1] > split.bounds[s]]
             futures = [
-                self._backend.submit(self._handles[s], "lookup", split.local_rows(s))
-                for s in asked
+                self._backend.submit(self._handles[s], "lookup", split.local_rows(s)) for s in asked
             ]
             answers = self._get(futures)
             grouped = answers[0] if len(answers) == 1 else np.concatenate(answers)
@@ -310,8 +342,9 @@ class EmbeddingStore:
                 buf = channel.next_push(self._backend, self.timeout)
                 buf.reserve(split.local.size)
                 buf.ids(split.local.size)[:] = split.local
-                np.take(flat_grads, split.order, axis=0, out=buf.rows(split.local.size),
-                        mode="clip")  # fmt: skip
+                np.take(
+                    flat_grads, split.order, axis=0, out=buf.rows(split.local.size), mode="clip"
+                )
             # Every shard gets the call, also with no rows, so all agree on the step count.
             for s, handle in enumerate(self._handles):
                 if channel is not None and channel.local[s]:
@@ -322,9 +355,11 @@ class EmbeddingStore:
                     buf.futures.append(fut)
                 else:
                     fut = self._backend.submit(
-                        handle, "apply_gradients", split.local_rows(s),
+                        handle,
+                        "apply_gradients",
+                        split.local_rows(s),
                         flat_grads[split.positions(s)],
-                    )  # fmt: skip
+                    )
                 self._pending.append((s, fut))
             self._bound_pending()
 
@@ -375,16 +410,24 @@ class EmbeddingStore:
         return save_store(self, path, step=step, **options)
 
     @classmethod
-    def restore(cls, path: str, *, name: str | None = None, num_shards: int | None = None,
-                partition: str | None = None, **create_kwargs) -> EmbeddingStore:  # fmt: skip
+    def restore(
+        cls,
+        path: str,
+        *,
+        name: str | None = None,
+        num_shards: int | None = None,
+        partition: str | None = None,
+        **create_kwargs,
+    ) -> EmbeddingStore:
         """Rebuild a table from the checkpoint at ``path``, on any number of shards and
         either partition (``name``, ``num_shards``, ``partition`` default to the saved
         ones). ``create_kwargs`` are :meth:`create`'s runtime arguments (``backend``,
         ``address``, ``resources``, ``detached``, ``timeout``)."""
         from shardemb.checkpoint import restore_store
 
-        return restore_store(path, name=name, num_shards=num_shards, partition=partition,
-                             **create_kwargs)  # fmt: skip
+        return restore_store(
+            path, name=name, num_shards=num_shards, partition=partition, **create_kwargs
+        )
 
     # -- cluster ----------------------------------------------------------------------
     def placement(self) -> list[dict]:
@@ -464,12 +507,16 @@ class EmbeddingStore:
         # The restarted shard keeps the table's step (all shards count every push, and a
         # save needs them to agree); its rows and slots go back to the checkpoint's.
         live = next(i for i, ok in enumerate(alive) if ok) if len(dead) < len(alive) else None
-        table_step = self._get([self._backend.submit(self._handles[live], "info")])[0]["step"] \
-            if live is not None else None  # fmt: skip
+        table_step = (
+            self._get([self._backend.submit(self._handles[live], "info")])[0]["step"]
+            if live is not None
+            else None
+        )
         step = None
         for i in dead:
-            self._handles[i] = self._backend.restart(self.config, i, self._resources,
-                                                     self._detached)  # fmt: skip
+            self._handles[i] = self._backend.restart(
+                self.config, i, self._resources, self._detached
+            )
             step = load_shard(self, i, self.last_checkpoint, step=table_step)
         if self._shm:
             self._shm.close()
@@ -608,4 +655,3 @@ def _global_slice(part, shard: int, start: int, stop: int):
 
 def _noop() -> None:
     pass
-

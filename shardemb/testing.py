@@ -30,17 +30,27 @@ class StorageConformance:
     device: str = "cpu"
 
     def make(self, num_rows=10, width=3, dtype="float32"):
-        return make_storage(self.storage, num_rows, width, dtype,
-                            "/CPU:0" if self.device == "cpu" else "/GPU:0")  # fmt: skip
+        return make_storage(
+            self.storage, num_rows, width, dtype, "/CPU:0" if self.device == "cpu" else "/GPU:0"
+        )
 
     def shard(self, optimizer="sgd", vocab=40, dim=5, num_shards=2, index=1):
-        cfg = TableConfig.build("conf", vocab, dim, num_shards=num_shards, optimizer=optimizer,
-                                seed=11, device=self.device, storage=self.storage)  # fmt: skip
+        cfg = TableConfig.build(
+            "conf",
+            vocab,
+            dim,
+            num_shards=num_shards,
+            optimizer=optimizer,
+            seed=11,
+            device=self.device,
+            storage=self.storage,
+        )
         return Shard(cfg, index)
 
     def reference(self, optimizer="sgd", vocab=40, dim=5, num_shards=2, index=1):
-        cfg = TableConfig.build("conf", vocab, dim, num_shards=num_shards, optimizer=optimizer,
-                                seed=11, storage="numpy")  # fmt: skip
+        cfg = TableConfig.build(
+            "conf", vocab, dim, num_shards=num_shards, optimizer=optimizer, seed=11, storage="numpy"
+        )
         return Shard(cfg, index)
 
     # -- storage --------------------------------------------------------------------
@@ -84,8 +94,13 @@ class StorageConformance:
                 b.apply_gradients(local, grads)
             np.testing.assert_allclose(a.read(), b.read(), rtol=1e-6, atol=1e-7, err_msg=name)
             for slot in b.slots:
-                np.testing.assert_allclose(a.read_slot(slot), b.read_slot(slot), rtol=1e-6,
-                                           atol=1e-7, err_msg=f"{name}/{slot}")  # fmt: skip
+                np.testing.assert_allclose(
+                    a.read_slot(slot),
+                    b.read_slot(slot),
+                    rtol=1e-6,
+                    atol=1e-7,
+                    err_msg=f"{name}/{slot}",
+                )
             assert a.step == b.step == 4
 
     def test_lookup_assign_and_write_rows(self):

@@ -25,8 +25,9 @@ F = np.float32
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
-    store = EmbeddingStore.create("bad-api", 10, 4, num_shards=3, optimizer="adagrad",
-                                  backend="inprocess", seed=1)  # fmt: skip
+    store = EmbeddingStore.create(
+        "bad-api", 10, 4, num_shards=3, optimizer="adagrad", backend="inprocess", seed=1
+    )
     other = EmbeddingStore.create("bad-api-other", 10, 4, num_shards=2, backend="inprocess")
     good = str(root / "good")
     store.save(good)
@@ -50,10 +51,17 @@ def _cases():
         return lambda e: e["store"].apply_gradients(ids, grads)
 
     def create(**kw):
-        args = {"name": "bad-new", "vocab_size": 10, "dim": 4, "num_shards": 2,
-                "backend": "inprocess", **kw}  # fmt: skip
-        return lambda e: EmbeddingStore.create(args.pop("name"), args.pop("vocab_size"),
-                                               args.pop("dim"), **args)  # fmt: skip
+        args = {
+            "name": "bad-new",
+            "vocab_size": 10,
+            "dim": 4,
+            "num_shards": 2,
+            "backend": "inprocess",
+            **kw,
+        }
+        return lambda e: EmbeddingStore.create(
+            args.pop("name"), args.pop("vocab_size"), args.pop("dim"), **args
+        )
 
     def restore(key, **kw):
         return lambda e: EmbeddingStore.restore(str(e["root"] / key), backend="inprocess", **kw)
@@ -66,38 +74,80 @@ def _cases():
         ("NaN id", lookup([np.nan]), InvalidIdsError, "Received: NaN"),
         ("huge int64", lookup([np.iinfo(np.int64).max]), InvalidIdsError, "out of range"),
         ("string id", lookup(["7"]), InvalidIdsError, "Received: dtype <U1"),
-        ("id out of range in a push", push([10], np.ones((1, 4), F)), InvalidIdsError,
-         "out of range"),
-        ("empty ids, grads of another shape", push([], np.ones((1, 4), F)),
-         InvalidGradientError, r"= \(0, 4\). Received: shape=\(1, 4\)"),
+        (
+            "id out of range in a push",
+            push([10], np.ones((1, 4), F)),
+            InvalidIdsError,
+            "out of range",
+        ),
+        (
+            "empty ids, grads of another shape",
+            push([], np.ones((1, 4), F)),
+            InvalidGradientError,
+            r"= \(0, 4\). Received: shape=\(1, 4\)",
+        ),
         # grads
-        ("grads shape", push([1, 2], np.ones((2, 5), F)), InvalidGradientError,
-         r"Received: shape=\(2, 5\)"),
-        ("grads dtype", push([1], np.ones((1, 4), np.int64)), InvalidGradientError,
-         "Received: dtype=int64"),
-        ("grads NaN", push([1, 2], np.array([[np.nan] * 4, [0] * 4], F)), InvalidGradientError,
-         r"NaN or Inf in 1 row\(s\)"),
+        (
+            "grads shape",
+            push([1, 2], np.ones((2, 5), F)),
+            InvalidGradientError,
+            r"Received: shape=\(2, 5\)",
+        ),
+        (
+            "grads dtype",
+            push([1], np.ones((1, 4), np.int64)),
+            InvalidGradientError,
+            "Received: dtype=int64",
+        ),
+        (
+            "grads NaN",
+            push([1, 2], np.array([[np.nan] * 4, [0] * 4], F)),
+            InvalidGradientError,
+            r"NaN or Inf in 1 row\(s\)",
+        ),
         ("grads Inf", push([1], np.full((1, 4), -np.inf, F)), InvalidGradientError, "Inf"),
         # configs
         ("zero vocab", create(vocab_size=0), InvalidConfigError, "Received: vocab_size=0"),
         ("negative dim", create(dim=-1), InvalidConfigError, "Received: dim=-1"),
-        ("more shards than rows", create(num_shards=11), InvalidConfigError,
-         "num_shards=11, vocab_size=10"),
-        ("unknown optimizer", create(optimizer="lamb"), InvalidConfigError,
-         "Received: optimizer='lamb'"),
-        ("unknown partition", create(partition="range"), InvalidConfigError,
-         "Received: partition='range'"),
+        (
+            "more shards than rows",
+            create(num_shards=11),
+            InvalidConfigError,
+            "num_shards=11, vocab_size=10",
+        ),
+        (
+            "unknown optimizer",
+            create(optimizer="lamb"),
+            InvalidConfigError,
+            "Received: optimizer='lamb'",
+        ),
+        (
+            "unknown partition",
+            create(partition="range"),
+            InvalidConfigError,
+            "Received: partition='range'",
+        ),
         ("name in use", create(name="bad-api"), TableExistsError, "Received: name='bad-api'"),
-        ("layer combiner rank", lambda e: ShardedEmbedding(10, 4, combiner="sum",
-                                                           store=e["store"])(np.zeros((1, 2, 2), "int64")),
-         InvalidConfigError, "must be 2-D"),
+        (
+            "layer combiner rank",
+            lambda e: ShardedEmbedding(10, 4, combiner="sum", store=e["store"])(
+                np.zeros((1, 2, 2), "int64")
+            ),
+            InvalidConfigError,
+            "must be 2-D",
+        ),
         # paths and checkpoints
         ("missing checkpoint", restore("nowhere"), CheckpointNotFoundError, "nowhere"),
         ("damaged checkpoint", restore("damaged"), CheckpointCorruptError, "version"),
-        ("another table's checkpoint", lambda e: shardemb.checkpoint.restore_store(
-            e["good"], expected_table="bad-api-other", backend="inprocess"),
-         CheckpointCorruptError, "bad-api-other"),
-    ]  # fmt: skip
+        (
+            "another table's checkpoint",
+            lambda e: shardemb.checkpoint.restore_store(
+                e["good"], expected_table="bad-api-other", backend="inprocess"
+            ),
+            CheckpointCorruptError,
+            "bad-api-other",
+        ),
+    ]
 
 
 @pytest.mark.parametrize("what,call,error,match", _cases(), ids=[c[0] for c in _cases()])

@@ -23,18 +23,38 @@ from shardemb.errors import (
 )
 
 
-def make_store(name, *, vocab=101, dim=6, shards=3, partition="mod", optimizer="adagrad",
-               backend="inprocess", dtype="float32", seed=3):  # fmt: skip
-    return EmbeddingStore.create(name, vocab, dim, num_shards=shards, partition=partition,
-                                 optimizer=optimizer, seed=seed, dtype=dtype,
-                                 backend=backend)  # fmt: skip
+def make_store(
+    name,
+    *,
+    vocab=101,
+    dim=6,
+    shards=3,
+    partition="mod",
+    optimizer="adagrad",
+    backend="inprocess",
+    dtype="float32",
+    seed=3,
+):
+    return EmbeddingStore.create(
+        name,
+        vocab,
+        dim,
+        num_shards=shards,
+        partition=partition,
+        optimizer=optimizer,
+        seed=seed,
+        dtype=dtype,
+        backend=backend,
+    )
 
 
 def batches(vocab, dim, count, seed=0, size=40):
     """Deterministic pushes, with duplicate ids."""
     rng = np.random.default_rng(seed)
-    return [(rng.integers(0, vocab, size), rng.standard_normal((size, dim)).astype(np.float32))
-            for _ in range(count)]  # fmt: skip
+    return [
+        (rng.integers(0, vocab, size), rng.standard_normal((size, dim)).astype(np.float32))
+        for _ in range(count)
+    ]
 
 
 def train(store, pushes):
@@ -74,8 +94,10 @@ def saved(tmp_path, table_name):
 
 
 # -- round trips -------------------------------------------------------------------------
-@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl",
-                                       {"name": "sgd", "momentum": 0.9}])  # fmt: skip
+@pytest.mark.parametrize(
+    "optimizer",
+    ["sgd", "adagrad", "rowwise_adagrad", "adam", "ftrl", {"name": "sgd", "momentum": 0.9}],
+)
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
 def test_round_trip_is_bit_exact(optimizer, dtype, tmp_path, table_name):
     with make_store(table_name, optimizer=optimizer, dtype=dtype) as store:
@@ -89,23 +111,32 @@ def test_round_trip_is_bit_exact(optimizer, dtype, tmp_path, table_name):
         assert_same(state(restored), before)
 
 
-_RESHARD = [(4, "mod", 3, "mod"), (3, "mod", 4, "mod"), (1, "mod", 5, "mod"),
-            (5, "mod", 1, "mod"), (3, "mod", 3, "div"), (4, "div", 3, "mod"),
-            (2, "div", 5, "div"), (7, "mod", 2, "div")]  # fmt: skip
+_RESHARD = [
+    (4, "mod", 3, "mod"),
+    (3, "mod", 4, "mod"),
+    (1, "mod", 5, "mod"),
+    (5, "mod", 1, "mod"),
+    (3, "mod", 3, "div"),
+    (4, "div", 3, "mod"),
+    (2, "div", 5, "div"),
+    (7, "mod", 2, "div"),
+]
 
 
 @pytest.mark.parametrize("old_n,old_p,new_n,new_p", _RESHARD)
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
-def test_reshard_keeps_rows_and_slots(old_n, old_p, new_n, new_p, optimizer, tmp_path,
-                                      table_name, monkeypatch):  # fmt: skip
+def test_reshard_keeps_rows_and_slots(
+    old_n, old_p, new_n, new_p, optimizer, tmp_path, table_name, monkeypatch
+):
     # Tiny chunks and read windows: blocks span several windows and partial chunks.
     monkeypatch.setattr(ckpt, "READ_WINDOW_BYTES", 1500)
     with make_store(table_name, shards=old_n, partition=old_p, optimizer=optimizer) as store:
         train(store, batches(101, 6, 3))
         ckpt.save_store(store, str(tmp_path / "c"), chunk_rows=5)
         before = state(store)
-    with EmbeddingStore.restore(str(tmp_path / "c"), num_shards=new_n, partition=new_p,
-                                backend="inprocess") as restored:  # fmt: skip
+    with EmbeddingStore.restore(
+        str(tmp_path / "c"), num_shards=new_n, partition=new_p, backend="inprocess"
+    ) as restored:
         assert restored.num_shards == new_n and restored.config.partition.kind == new_p
         assert_same(state(restored), before)
 
@@ -119,8 +150,9 @@ def test_training_continues_exactly_after_restore(tmp_path, table_name):
     with make_store(table_name, optimizer="adam") as store:
         train(store, pushes[:5])
         store.save(str(tmp_path / "c"))
-    with EmbeddingStore.restore(str(tmp_path / "c"), num_shards=2, partition="div",
-                                backend="inprocess") as restored:  # fmt: skip
+    with EmbeddingStore.restore(
+        str(tmp_path / "c"), num_shards=2, partition="div", backend="inprocess"
+    ) as restored:
         assert [i["step"] for i in restored.info()] == [5, 5]
         train(restored, pushes[5:])
         assert_same(state(restored), expected)
@@ -128,22 +160,30 @@ def test_training_continues_exactly_after_restore(tmp_path, table_name):
 
 def test_tensorflow_storage_round_trip_and_reshard(tmp_path, table_name):
     """Storages without a host view (TensorFlow, GPU) go through read/write_block."""
-    store = EmbeddingStore.create(table_name, 53, 4, num_shards=2, optimizer="adam", seed=1,
-                                  storage="tensorflow", backend="inprocess")  # fmt: skip
+    store = EmbeddingStore.create(
+        table_name,
+        53,
+        4,
+        num_shards=2,
+        optimizer="adam",
+        seed=1,
+        storage="tensorflow",
+        backend="inprocess",
+    )
     with store:
         train(store, batches(53, 4, 2))
         ckpt.save_store(store, str(tmp_path / "c"), chunk_rows=4)
         before = state(store)
-    with EmbeddingStore.restore(str(tmp_path / "c"), num_shards=3,
-                                backend="inprocess") as restored:  # fmt: skip
+    with EmbeddingStore.restore(str(tmp_path / "c"), num_shards=3, backend="inprocess") as restored:
         assert restored.config.storage == "tensorflow"
         assert_same(state(restored), before)
 
 
 def test_load_shard_refills_one_shard_from_any_sharding(saved, table_name):
     store, path, before = saved  # 3 mod shards
-    with EmbeddingStore.restore(path, name=table_name + "-2", num_shards=2, partition="div",
-                                backend="inprocess") as other:  # fmt: skip
+    with EmbeddingStore.restore(
+        path, name=table_name + "-2", num_shards=2, partition="div", backend="inprocess"
+    ) as other:
         empty = type(other._handles[1])(other.config, 1, initialize=False)  # as if restarted
         other._handles[1] = empty
         assert ckpt.load_shard(other, 1, path) == 4
@@ -175,17 +215,23 @@ def test_saved_arrays_are_plain_zarr(saved):
         ckpt.read_table(path, slot="momentum")
 
 
-@pytest.mark.parametrize("options", [{"compression": "zstd"}, {"compression": "zstd:5"},
-                                     {"compression": "lz4"}, {"checksum": False},
-                                     {"chunk_rows": 1}])  # fmt: skip
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"compression": "zstd"},
+        {"compression": "zstd:5"},
+        {"compression": "lz4"},
+        {"checksum": False},
+        {"chunk_rows": 1},
+    ],
+)
 def test_save_options(options, tmp_path, table_name):
     with make_store(table_name) as store:
         train(store, batches(101, 6, 2))
         m = ckpt.save_store(store, str(tmp_path / "c"), **options)
         before = state(store)
     assert m["compression"] == options.get("compression")
-    with EmbeddingStore.restore(str(tmp_path / "c"), num_shards=2,
-                                backend="inprocess") as restored:  # fmt: skip
+    with EmbeddingStore.restore(str(tmp_path / "c"), num_shards=2, backend="inprocess") as restored:
         assert_same(state(restored), before)
 
 
@@ -220,8 +266,11 @@ def test_write_errors_name_the_path_and_commit_nothing(tmp_path, table_name, mon
 
     monkeypatch.setattr(ckpt._Chunks, "_write_chunk", disk_full)
     with make_store(table_name) as store:
-        with pytest.raises(CheckpointError, match=r"Shard 0 could not write its arrays to "
-                           r"'.*full'.*No space left"):  # fmt: skip
+        with pytest.raises(
+            CheckpointError,
+            match=r"Shard 0 could not write its arrays to "
+            r"'.*full'.*No space left",
+        ):
             store.save(str(tmp_path / "full"))
     assert not (tmp_path / "full" / "manifest.json").exists()
 
@@ -317,8 +366,11 @@ def test_damage_found_through_zarr_for_compressed_and_memory_checkpoints(tmp_pat
         ckpt.save_store(store, str(tmp_path / "z"), compression="zstd", chunk_rows=8)
         ckpt.save_store(store, f"memory://{table_name}", chunk_rows=8)
     _garbage_chunk_of(str(tmp_path / "z"), "shards/1/weights/c/2/0")
-    with pytest.raises(CheckpointCorruptError, match=r"rows \[\d+, \d+\) of array 'shards/1/"
-                       r"weights' cannot be read: checksum mismatch"):  # fmt: skip
+    with pytest.raises(
+        CheckpointCorruptError,
+        match=r"rows \[\d+, \d+\) of array 'shards/1/"
+        r"weights' cannot be read: checksum mismatch",
+    ):
         EmbeddingStore.restore(str(tmp_path / "z"), backend="inprocess")
     import fsspec
 
@@ -367,20 +419,28 @@ def test_invalid_arguments(saved, tmp_path, table_name):
     store, path, _ = saved
     cases = [
         (lambda: ckpt.save_store(store, str(tmp_path / "x"), chunk_rows=0), "`chunk_rows`"),
-        (lambda: ckpt.save_store(store, str(tmp_path / "x"), compression="gzip"),
-         "`compression` must be None or one of"),
+        (
+            lambda: ckpt.save_store(store, str(tmp_path / "x"), compression="gzip"),
+            "`compression` must be None or one of",
+        ),
         (lambda: ckpt.save_store(store, str(tmp_path / "x"), step="3"), "`step` must be"),
         (lambda: store.save(""), "`path` must be a non-empty"),
-        (lambda: EmbeddingStore.restore(path, num_shards=200, backend="inprocess"),
-         "`num_shards` must not exceed"),
-        (lambda: EmbeddingStore.restore(path, partition="hash", backend="inprocess"),
-         "`partition` must be one of"),
+        (
+            lambda: EmbeddingStore.restore(path, num_shards=200, backend="inprocess"),
+            "`num_shards` must not exceed",
+        ),
+        (
+            lambda: EmbeddingStore.restore(path, partition="hash", backend="inprocess"),
+            "`partition` must be one of",
+        ),
         (lambda: CheckpointManager(str(tmp_path), keep=0), "`keep` must be a positive"),
         (lambda: CheckpointManager(str(tmp_path), level=3), "Unknown save options"),
         (lambda: CheckpointManager(str(tmp_path)).save(store, -1), "`step` must be a non"),
-        (lambda: CheckpointManager(str(tmp_path), table="x").save(store, 1),
-         "holds checkpoints of table 'x'"),
-    ]  # fmt: skip
+        (
+            lambda: CheckpointManager(str(tmp_path), table="x").save(store, 1),
+            "holds checkpoints of table 'x'",
+        ),
+    ]
     for call, message in cases:
         with pytest.raises(InvalidConfigError, match=message):
             call()
@@ -410,7 +470,10 @@ def test_manager_keeps_the_last_k_and_sorts_numerically(tmp_path, table_name):
             assert mgr.save(store, step) == os.path.join(root, f"step-{step}")
         before = state(store)
         assert mgr.steps() == [9, 10, 100] and sorted(os.listdir(root)) == [
-            "step-10", "step-100", "step-9"]  # fmt: skip
+            "step-10",
+            "step-100",
+            "step-9",
+        ]
         assert mgr.latest() == os.path.join(root, "step-100")
         with pytest.raises(CheckpointError, match="step-100' already exists"):
             mgr.save(store, 100)
@@ -429,7 +492,8 @@ def test_manager_keeps_the_last_k_and_sorts_numerically(tmp_path, table_name):
         assert_same(state(restored), after)
     with mgr.restore(9, backend="inprocess", name=table_name + "-9") as restored:
         assert restored.info()[0]["step"] == 2 and not np.array_equal(
-            restored.to_numpy(), before["weights"])  # fmt: skip
+            restored.to_numpy(), before["weights"]
+        )
     with pytest.raises(CheckpointCorruptError, match="holds table"):
         CheckpointManager(root, table="other").restore_latest(backend="inprocess")
 
@@ -472,9 +536,16 @@ def test_cli_inspect(saved, tmp_path, capsys, table_name):
 
     code, out = run(path)
     assert code == 0 and out.err == ""
-    for text in (f"table      {table_name}", "shape      101 x 6", "dtype      float32",
-                 "shards     3 (mod), 33-34 rows each", "step       4 (train step 4)",
-                 "slots      m (6), v (6)", "complete   yes", "bytes      7272 ("):  # fmt: skip
+    for text in (
+        f"table      {table_name}",
+        "shape      101 x 6",
+        "dtype      float32",
+        "shards     3 (mod), 33-34 rows each",
+        "step       4 (train step 4)",
+        "slots      m (6), v (6)",
+        "complete   yes",
+        "bytes      7272 (",
+    ):
         assert text in out.out
     code, out = run(path, "--json", "--verify")
     assert code == 0 and json.loads(out.out)["complete"] is True

@@ -76,8 +76,9 @@ def crashed(tmp_path_factory):
     for stage in STAGES:
         root = tmp_path_factory.mktemp(stage)
         argv = [sys.executable, "-c", SCRIPT, str(root), stage]
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         runs[stage] = (root, proc)
     out = {}
     for stage, (root, proc) in runs.items():

@@ -239,9 +239,17 @@ def test_local_cluster_context_manager_downs_on_error(monkeypatch):
 def test_status_of_a_dead_cluster_says_so_and_down_clears_it(tmp_path):
     dead = tmp_path / "dead.json"
     dead.write_text(
-        json.dumps({"version": 1, "address": "192.0.2.9:1", "port": 1, "nodes": [],
-                    "temp_dir": str(tmp_path / "gone"), "auth_mode": "token"})
-    )  # fmt: skip
+        json.dumps(
+            {
+                "version": 1,
+                "address": "192.0.2.9:1",
+                "port": 1,
+                "nodes": [],
+                "temp_dir": str(tmp_path / "gone"),
+                "auth_mode": "token",
+            }
+        )
+    )
     with pytest.raises(ClusterConnectionError, match="is not running"):
         cluster.status(dead)
     assert cluster.down(dead) == 0

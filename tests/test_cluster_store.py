@@ -17,8 +17,13 @@ from shardemb.placement import check_capacity
 
 
 def _run(script: str, env: dict | None = None, timeout: float = 240) -> str:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
-                         text=True, timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return out.stdout
 
@@ -52,8 +57,14 @@ def test_two_node_cluster_driven_by_address():
 
 def test_concurrent_pushes_from_two_processes_lose_nothing(ray_session, table_name):
     address = ray_session.get_runtime_context().gcs_address
-    with EmbeddingStore.create(table_name, 64, 4, num_shards=3, initializer="zeros",
-                               optimizer={"name": "sgd", "learning_rate": 1.0}) as store:  # fmt: skip
+    with EmbeddingStore.create(
+        table_name,
+        64,
+        4,
+        num_shards=3,
+        initializer="zeros",
+        optimizer={"name": "sgd", "learning_rate": 1.0},
+    ) as store:
         script = f"""
             import numpy as np, ray, shardemb, sys
             ray.init(address={address!r}, logging_level="ERROR")
@@ -64,8 +75,14 @@ def test_concurrent_pushes_from_two_processes_lose_nothing(ray_session, table_na
                 s.apply_gradients(ids, np.full((16, 4), -1.0, np.float32))  # +1 per id
             s.flush()
         """
-        procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), str(seed)],
-                                  stderr=subprocess.PIPE, text=True) for seed in (1, 2)]  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", textwrap.dedent(script), str(seed)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for seed in (1, 2)
+        ]
         for p in procs:
             assert p.wait(timeout=240) == 0, p.stderr.read()[-3000:]
         expect = np.zeros(64)
@@ -86,7 +103,7 @@ def test_detached_table_outlives_its_creator(ray_session, table_name):
                                            initializer="ones")
         s.apply_gradients([3], np.ones((1, 2), np.float32))
         s.flush()
-    """)  # fmt: skip
+    """)
     store = EmbeddingStore.connect(table_name)
     expect = np.ones((20, 2), np.float32)
     expect[3] -= 0.01
@@ -108,8 +125,11 @@ def test_capacity_error_gives_the_numbers_and_fixes():
     with pytest.raises(CapacityError, match=r"reserves 16 CPU\(s\) \(2 per shard\)"):
         check_capacity(small, ShardResources(num_cpus=2), nodes)
     with pytest.raises(CapacityError, match="more shards"):
-        check_capacity(cfg.replace(partition=cfg.partition.__class__("mod", 100_000_000, 8)),
-                       ShardResources(), nodes)  # fmt: skip
+        check_capacity(
+            cfg.replace(partition=cfg.partition.__class__("mod", 100_000_000, 8)),
+            ShardResources(),
+            nodes,
+        )
     check_capacity(small, ShardResources(num_cpus=0.5), nodes)  # fits: no error
 
 
@@ -121,13 +141,17 @@ def test_capacity_error_before_any_actor_is_created(ray_session, table_name):
 
 
 def test_wrong_address_is_a_clear_error():
-    stdout = _run("""
+    stdout = _run(
+        """
         import shardemb
         try:
             shardemb.EmbeddingStore.create("x", 10, 2, num_shards=1, address="127.0.0.1:1")
         except shardemb.ClusterConnectionError as err:
             print("OK", "address='127.0.0.1:1'" in str(err))
-    """, env={"RAY_ADDRESS": ""}, timeout=120)  # fmt: skip
+    """,
+        env={"RAY_ADDRESS": ""},
+        timeout=120,
+    )
     assert "OK True" in stdout
     assert issubclass(ClusterConnectionError, ConnectionError)
     assert shardemb.ClusterConnectionError is ClusterConnectionError

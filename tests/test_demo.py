@@ -6,12 +6,26 @@ import numpy as np
 import pytest
 
 from shardemb.cli import main as cli_main
-from shardemb.errors import DataFormatError
 from shardemb.demo import main as demo_main
+from shardemb.errors import DataFormatError
 from shardemb.recsys.data import synthetic_interactions
 
-TINY = ["--backend", "inprocess", "--users", "120", "--items", "80", "--interactions", "1500",
-        "--batch-size", "128", "--dim", "8", "--eval-users", "100"]  # fmt: skip
+TINY = [
+    "--backend",
+    "inprocess",
+    "--users",
+    "120",
+    "--items",
+    "80",
+    "--interactions",
+    "1500",
+    "--batch-size",
+    "128",
+    "--dim",
+    "8",
+    "--eval-users",
+    "100",
+]
 
 
 def _results(out):
@@ -34,15 +48,32 @@ def _write(path, fmt, log):
     path.write_text(text)
 
 
-@pytest.mark.parametrize("fmt,name", [("tsv", "u.data"), ("dat", "ratings.dat"),
-                                      ("csv", "ratings.csv")])  # fmt: skip
+@pytest.mark.parametrize(
+    "fmt,name", [("tsv", "u.data"), ("dat", "ratings.dat"), ("csv", "ratings.csv")]
+)
 def test_each_movielens_format_trains(fmt, name, tmp_path):
     log = synthetic_interactions(60, 40, 600, seed=3)
     data = tmp_path / name
     _write(data, fmt, log)
     out = tmp_path / "run"
-    demo_main(["--backend", "inprocess", "--data", str(data), "--epochs", "4", "--batch-size",
-               "64", "--dim", "8", "--learning-rate", "0.3", "--out", str(out)])  # fmt: skip
+    demo_main(
+        [
+            "--backend",
+            "inprocess",
+            "--data",
+            str(data),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "64",
+            "--dim",
+            "8",
+            "--learning-rate",
+            "0.3",
+            "--out",
+            str(out),
+        ]
+    )
     res = _results(out)
     losses = [h["loss"] for h in res["history"]]
     assert res["data"]["users"] == 60 and res["data"]["items"] <= 40
@@ -55,14 +86,14 @@ def test_resume_with_restore_shards_equals_an_unbroken_run(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     demo_main([*TINY, "--epochs", "3", "--out", str(straight)])
     demo_main([*TINY, "--epochs", "1", "--out", str(resumed)])  # "interrupted" after epoch 1
-    demo_main([*TINY, "--epochs", "3", "--out", str(resumed), "--resume",
-               "--restore-shards", "3"])  # fmt: skip
+    demo_main([*TINY, "--epochs", "3", "--out", str(resumed), "--resume", "--restore-shards", "3"])
     a, b = _results(straight), _results(resumed)
     assert b["shards"] == {"users": 3, "items": 3} and a["shards"] == {"users": 2, "items": 2}
     assert [h["epoch"] for h in b["history"]] == [1, 2, 3]
     for key in ("loss", "recall@10", "ndcg@10"):
-        assert [h[key] for h in a["history"]] == pytest.approx([h[key] for h in b["history"]],
-                                                               rel=1e-6)  # fmt: skip
+        assert [h[key] for h in a["history"]] == pytest.approx(
+            [h[key] for h in b["history"]], rel=1e-6
+        )
 
 
 def test_resume_reuses_the_saved_id_mapping(tmp_path):
@@ -70,8 +101,18 @@ def test_resume_reuses_the_saved_id_mapping(tmp_path):
     data = tmp_path / "ratings.csv"
     _write(data, "csv", log)
     out = tmp_path / "run"
-    args = ["--backend", "inprocess", "--data", str(data), "--batch-size", "64", "--dim", "4",
-            "--out", str(out)]  # fmt: skip
+    args = [
+        "--backend",
+        "inprocess",
+        "--data",
+        str(data),
+        "--batch-size",
+        "64",
+        "--dim",
+        "4",
+        "--out",
+        str(out),
+    ]
     demo_main([*args, "--epochs", "1"])
     mapping = (out / "mappings" / "items.json").read_text()
     # Append a rating of a new item: a fresh mapping would shift every row after it.
@@ -93,7 +134,8 @@ def test_resume_reuses_the_saved_id_mapping(tmp_path):
 def test_bad_data_names_file_and_line(content, match, tmp_path, capsys):
     data = tmp_path / "ratings.csv"
     data.write_text(content)
-    code = cli_main(["demo", "--backend", "inprocess", "--data", str(data), "--out",
-                     str(tmp_path / "o")])  # fmt: skip
+    code = cli_main(
+        ["demo", "--backend", "inprocess", "--data", str(data), "--out", str(tmp_path / "o")]
+    )
     assert code == 2
     assert np.any([m for m in [__import__("re").search(match, capsys.readouterr().err, 16)]])

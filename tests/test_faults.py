@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -23,8 +22,15 @@ def _kill_shard(store, index):
 
 
 def _sgd_store(name, **kw):
-    return EmbeddingStore.create(name, 30, 2, num_shards=3, initializer="zeros",
-                                 optimizer={"name": "sgd", "learning_rate": 1.0}, **kw)  # fmt: skip
+    return EmbeddingStore.create(
+        name,
+        30,
+        2,
+        num_shards=3,
+        initializer="zeros",
+        optimizer={"name": "sgd", "learning_rate": 1.0},
+        **kw,
+    )
 
 
 def test_killed_shard_restarts_from_the_checkpoint(ray_session, table_name, tmp_path):
@@ -85,8 +91,21 @@ def test_pushes_are_bounded_and_memory_stays_flat(ray_session, table_name):
 def test_soak_two_processes_short(ray_session, table_name, tmp_path):
     """The CI version of `python -m shardemb.soak` (see the README)."""
     address = ray_session.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "shardemb.soak", "--address", address, "--name", table_name,
-           "--ops", "300", "--processes", "2", "--checkpoint-dir", str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "shardemb.soak",
+        "--address",
+        address,
+        "--name",
+        table_name,
+        "--ops",
+        "300",
+        "--processes",
+        "2",
+        "--checkpoint-dir",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "table exact: True" in out.stdout and "rss flat: True" in out.stdout, out.stdout

@@ -54,8 +54,9 @@ def test_functional_model_and_mask_propagation(init):
 
 
 def test_weights_count_params_embeddings_and_config(init):
-    layer = _sharded(weights=[init], optimizer="adagrad", num_shards=3, partition="div",
-                     name="items")  # fmt: skip
+    layer = _sharded(
+        weights=[init], optimizer="adagrad", num_shards=3, partition="div", name="items"
+    )
     assert layer.count_params() == V * D
     np.testing.assert_array_equal(layer.get_weights()[0], init)
     assert layer.embeddings.shape == (V, D) and layer.embeddings.dtype == "float32"
@@ -89,8 +90,10 @@ def test_bad_arguments(kwargs, match):
 
 def _two_models(init, keras_opt, **layer_kw):
     models = []
-    for emb in (keras.layers.Embedding(V, D, weights=[init]),
-                _sharded(weights=[init], optimizer=keras_opt(), **layer_kw)):  # fmt: skip
+    for emb in (
+        keras.layers.Embedding(V, D, weights=[init]),
+        _sharded(weights=[init], optimizer=keras_opt(), **layer_kw),
+    ):
         inp = keras.Input((3,), dtype="int64")
         x = keras.layers.Flatten()(emb(inp))
         x = keras.layers.Dense(5, activation="tanh", kernel_initializer="glorot_uniform")(x)
@@ -154,16 +157,22 @@ def test_gradient_tape_and_custom_train_step_push(init):
     np.testing.assert_allclose(layer.get_weights()[0], expect, rtol=1e-6)
 
     # A model whose only trainable weight is the sharded table, in a user's tf.function.
-    model = keras.Sequential([keras.Input((2,), dtype="int64"), layer,
-                              keras.layers.GlobalAveragePooling1D()])  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((2,), dtype="int64"), layer, keras.layers.GlobalAveragePooling1D()]
+    )
     opt = keras.optimizers.SGD(0.5)
 
     @tf.function
     def train_step(x):
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(model(x, training=True))
-        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                model.trainable_variables))  # fmt: skip
+        opt.apply_gradients(
+            zip(
+                tape.gradient(loss, model.trainable_variables),
+                model.trainable_variables,
+                strict=True,
+            )
+        )
         return loss
 
     before = layer.get_weights()[0]
@@ -175,8 +184,9 @@ def test_gradient_tape_and_custom_train_step_push(init):
 
 def test_fit_with_no_other_weight_and_predict_evaluate_push_nothing(init, rng):
     layer = _sharded(weights=[init], optimizer="adagrad")
-    model = keras.Sequential([keras.Input((3,), dtype="int64"), layer,
-                              keras.layers.GlobalAveragePooling1D()])  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((3,), dtype="int64"), layer, keras.layers.GlobalAveragePooling1D()]
+    )
     model.compile(keras.optimizers.SGD(0.1), "mse")
     x, y = rng.integers(0, V, (16, 3)), np.zeros((16, D), np.float32)
     model.predict(x, verbose=0)
@@ -200,8 +210,9 @@ def test_frozen_layer_is_bit_for_bit_unchanged(init, rng):
 
 def test_out_of_range_id_during_fit_raises_and_changes_nothing(init):
     layer = _sharded(weights=[init])
-    model = keras.Sequential([keras.Input((2,), dtype="int64"), layer, keras.layers.Flatten(),
-                              keras.layers.Dense(1)])  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((2,), dtype="int64"), layer, keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
     model.compile("sgd", "mse")
     with pytest.raises(Exception, match=r"must be in \[0, 40\). Received: 1 id\(s\) out of range"):
         model.fit(np.array([[1, 2], [3, V]]), np.ones((2, 1)), batch_size=2, verbose=0)
@@ -222,8 +233,9 @@ def _combiner_reference(table, ragged, combiner):
 @pytest.mark.parametrize("kind", ["ragged", "sparse"])
 def test_combiners_equal_safe_embedding_lookup_sparse(combiner, kind, init):
     ragged = tf.ragged.constant([[1, 2, 2], [], [5], [7, 1, 3, 3]], dtype=tf.int64)
-    layer = _sharded(weights=[init], combiner=combiner,
-                     optimizer={"name": "sgd", "learning_rate": 1.0})  # fmt: skip
+    layer = _sharded(
+        weights=[init], combiner=combiner, optimizer={"name": "sgd", "learning_rate": 1.0}
+    )
     ref_out, ref_grad = _combiner_reference(init, ragged, combiner)
     inputs = ragged if kind == "ragged" else ragged.to_sparse()
     with tf.GradientTape() as tape:
@@ -268,12 +280,14 @@ def test_jit_compile_is_turned_off(init):
 
 
 def test_attach_existing_store_and_fit_on_ray(ray_session, table_name, init, rng):
-    with shardemb.EmbeddingStore.create(table_name, V, D, num_shards=2,
-                                        optimizer={"name": "sgd", "learning_rate": 0.1}) as store:  # fmt: skip
+    with shardemb.EmbeddingStore.create(
+        table_name, V, D, num_shards=2, optimizer={"name": "sgd", "learning_rate": 0.1}
+    ) as store:
         store.set_weights(init)
         layer = ShardedEmbedding(V, D, store=store)
-        model = keras.Sequential([keras.Input((3,), dtype="int64"), layer, keras.layers.Flatten(),
-                                  keras.layers.Dense(1)])  # fmt: skip
+        model = keras.Sequential(
+            [keras.Input((3,), dtype="int64"), layer, keras.layers.Flatten(), keras.layers.Dense(1)]
+        )
         model.compile(keras.optimizers.SGD(0.1), "mse")
         model.fit(rng.integers(0, V, (32, 3)), np.ones((32, 1)), batch_size=8, verbose=0)
         assert [i["step"] for i in store.info()] == [4, 4]

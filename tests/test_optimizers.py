@@ -14,8 +14,16 @@ VOCAB, DIM = 12, 4
 
 
 def _shard(optimizer, storage="numpy"):
-    cfg = TableConfig.build("opt", VOCAB, DIM, num_shards=1, optimizer=optimizer,
-                            initializer="normal", seed=7, storage=storage)  # fmt: skip
+    cfg = TableConfig.build(
+        "opt",
+        VOCAB,
+        DIM,
+        num_shards=1,
+        optimizer=optimizer,
+        initializer="normal",
+        seed=7,
+        storage=storage,
+    )
     return Shard(cfg, 0)
 
 
@@ -65,8 +73,12 @@ def test_sgd_and_adagrad_equal_keras_on_every_row(make, rng):
     [
         lambda: keras.optimizers.Adam(learning_rate=0.05),
         lambda: keras.optimizers.Ftrl(learning_rate=0.3),
-        lambda: keras.optimizers.Ftrl(learning_rate=0.3, l1_regularization_strength=0.01,
-                                      l2_regularization_strength=0.02, beta=0.1),
+        lambda: keras.optimizers.Ftrl(
+            learning_rate=0.3,
+            l1_regularization_strength=0.01,
+            l2_regularization_strength=0.02,
+            beta=0.1,
+        ),
     ],
 )
 def test_lazy_optimizers_equal_keras_when_every_row_is_touched(make, rng):
@@ -138,9 +150,11 @@ def test_adam_bias_correction_uses_the_table_step():
 def test_keras_optimizers_are_translated():
     # Keras keeps the learning rate as a float32 variable; the translation keeps that value.
     assert get_optimizer(keras.optimizers.Adagrad(learning_rate=0.3)).get_config() == {
-        "name": "adagrad", "learning_rate": float(np.float32(0.3)),
-        "initial_accumulator_value": 0.1, "epsilon": 1e-7,
-    }  # fmt: skip
+        "name": "adagrad",
+        "learning_rate": float(np.float32(0.3)),
+        "initial_accumulator_value": 0.1,
+        "epsilon": 1e-7,
+    }
     sgd = get_optimizer(keras.optimizers.SGD(learning_rate=0.5, momentum=0.9, nesterov=True))
     assert (sgd.learning_rate, sgd.momentum, sgd.nesterov) == (0.5, 0.9, True)
 
@@ -156,8 +170,12 @@ def test_keras_optimizers_are_translated():
         (keras.optimizers.RMSprop(), "Received: optimizer=<"),
         (keras.optimizers.Adam(amsgrad=True), "amsgrad"),
         (keras.optimizers.SGD(weight_decay=0.1), "weight_decay"),
-        (keras.optimizers.SGD(learning_rate=keras.optimizers.schedules.ExponentialDecay(
-            0.1, 10, 0.9)), "constant learning rate"),
+        (
+            keras.optimizers.SGD(
+                learning_rate=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
+            ),
+            "constant learning rate",
+        ),
     ],
 )
 def test_bad_optimizers(bad, match):

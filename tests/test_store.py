@@ -12,7 +12,6 @@ from shardemb.errors import (
     InvalidConfigError,
     InvalidGradientError,
     InvalidIdsError,
-    ShardError,
     TableExistsError,
     TableNotFoundError,
 )
@@ -35,8 +34,9 @@ def test_lookup_equals_table_rows(backend_name, partition, num_shards, table_nam
     backend = backend_name
     if backend == "ray":
         request.getfixturevalue("ray_session")
-    with EmbeddingStore.create(table_name, 50, 6, num_shards=num_shards, partition=partition,
-                               seed=5, backend=backend) as store:  # fmt: skip
+    with EmbeddingStore.create(
+        table_name, 50, 6, num_shards=num_shards, partition=partition, seed=5, backend=backend
+    ) as store:
         table = store.to_numpy()
         assert table.shape == (50, 6) and table.dtype == np.float32
         cases = [
@@ -57,8 +57,9 @@ def test_lookup_equals_table_rows(backend_name, partition, num_shards, table_nam
 
 def test_large_lookup_is_chunked(monkeypatch, table_name, rng):
     monkeypatch.setattr(shardemb.store, "LOOKUP_CHUNK_IDS", 64)
-    with EmbeddingStore.create(table_name, 300, 4, num_shards=3, seed=1,
-                               backend="inprocess") as store:  # fmt: skip
+    with EmbeddingStore.create(
+        table_name, 300, 4, num_shards=3, seed=1, backend="inprocess"
+    ) as store:
         ids = rng.integers(0, 300, 1000)
         np.testing.assert_array_equal(store.lookup(ids), store.to_numpy()[ids])
 
@@ -67,22 +68,32 @@ def test_large_lookup_is_chunked(monkeypatch, table_name, rng):
     "backend_name,num_shards,partition",
     [("inprocess", 1, "mod"), ("inprocess", 4, "mod"), ("inprocess", 7, "div"), ("ray", 5, "div")],
 )
-def test_same_seed_same_table_for_any_sharding(backend_name, num_shards, partition, table_name,
-                                               request):  # fmt: skip
+def test_same_seed_same_table_for_any_sharding(
+    backend_name, num_shards, partition, table_name, request
+):
     backend = backend_name
     if backend == "ray":
         request.getfixturevalue("ray_session")
-    ref = EmbeddingStore.create(table_name + "-ref", 60, 5, num_shards=2, seed=99,
-                                backend="inprocess")  # fmt: skip
-    with EmbeddingStore.create(table_name, 60, 5, num_shards=num_shards, partition=partition,
-                               seed=99, backend=backend) as store:  # fmt: skip
+    ref = EmbeddingStore.create(
+        table_name + "-ref", 60, 5, num_shards=2, seed=99, backend="inprocess"
+    )
+    with EmbeddingStore.create(
+        table_name, 60, 5, num_shards=num_shards, partition=partition, seed=99, backend=backend
+    ) as store:
         np.testing.assert_array_equal(store.to_numpy(), ref.to_numpy())
     ref.close()
 
 
 def test_pushes_sum_duplicates_and_read_your_writes(backend, table_name, rng):
-    with EmbeddingStore.create(table_name, 40, 3, num_shards=3, seed=2, backend=backend,
-                               optimizer={"name": "sgd", "learning_rate": 0.5}) as store:  # fmt: skip
+    with EmbeddingStore.create(
+        table_name,
+        40,
+        3,
+        num_shards=3,
+        seed=2,
+        backend=backend,
+        optimizer={"name": "sgd", "learning_rate": 0.5},
+    ) as store:
         expect = store.to_numpy().astype(np.float64)
         for _ in range(20):
             ids = rng.integers(0, 40, (3, 4))
@@ -99,8 +110,9 @@ def test_pushes_sum_duplicates_and_read_your_writes(backend, table_name, rng):
 
 
 def test_set_weights_and_shard_sizes(backend, table_name):
-    with EmbeddingStore.create(table_name, 11, 2, num_shards=3, partition="div",
-                               backend=backend) as store:  # fmt: skip
+    with EmbeddingStore.create(
+        table_name, 11, 2, num_shards=3, partition="div", backend=backend
+    ) as store:
         matrix = np.arange(22, dtype=np.float32).reshape(11, 2)
         store.set_weights(matrix)
         np.testing.assert_array_equal(store.to_numpy(), matrix)
@@ -111,8 +123,9 @@ def test_set_weights_and_shard_sizes(backend, table_name):
 def test_flush_raises_a_shard_error(backend, table_name):
     with EmbeddingStore.create(table_name, 10, 2, num_shards=2, backend=backend) as store:
         # Bypass the router's checks to make the shard itself fail on a push.
-        bad = store._backend.submit(store._handles[1], "apply_gradients",
-                                    np.array([0]), np.ones((1, 3), np.float32))  # fmt: skip
+        bad = store._backend.submit(
+            store._handles[1], "apply_gradients", np.array([0]), np.ones((1, 3), np.float32)
+        )
         store._pending.append((1, bad))
         with pytest.raises(InvalidGradientError, match="Shard 1 expected gradients"):
             store.flush()
@@ -122,8 +135,9 @@ def test_flush_raises_a_shard_error(backend, table_name):
 
 def test_pending_push_errors_surface_at_the_next_call(ray_session, table_name):
     with EmbeddingStore.create(table_name, 10, 2, num_shards=2) as store:
-        bad = store._backend.submit(store._handles[0], "apply_gradients",
-                                    np.array([99]), np.ones((1, 2), np.float32))  # fmt: skip
+        bad = store._backend.submit(
+            store._handles[0], "apply_gradients", np.array([99]), np.ones((1, 2), np.float32)
+        )
         store._pending.append((0, bad))
         ray_session.wait([bad])
         with pytest.raises(InvalidIdsError, match="Shard 0 holds local rows"):
@@ -140,24 +154,42 @@ def _bad_input_cases():
         ("lookup", (["a"],), InvalidIdsError, "Received: dtype <U1"),
         ("lookup", ([2**62],), InvalidIdsError, "out of range"),
         ("apply_gradients", ([1, 10], np.ones((2, 4), f)), InvalidIdsError, "out of range"),
-        ("apply_gradients", ([1, 2], np.ones((2, 3), f)), InvalidGradientError,
-         r"shape ids.shape \+ \(dim,\) = \(2, 4\). Received: shape=\(2, 3\)"),
-        ("apply_gradients", ([1], np.ones((1, 4), np.int32)), InvalidGradientError,
-         "floating point array. Received: dtype=int32"),
-        ("apply_gradients", ([1, 2], np.array([[0, 0, 0, np.nan], [1, 1, 1, 1]], f)),
-         InvalidGradientError, r"NaN or Inf in 1 row\(s\) of 2"),
+        (
+            "apply_gradients",
+            ([1, 2], np.ones((2, 3), f)),
+            InvalidGradientError,
+            r"shape ids.shape \+ \(dim,\) = \(2, 4\). Received: shape=\(2, 3\)",
+        ),
+        (
+            "apply_gradients",
+            ([1], np.ones((1, 4), np.int32)),
+            InvalidGradientError,
+            "floating point array. Received: dtype=int32",
+        ),
+        (
+            "apply_gradients",
+            ([1, 2], np.array([[0, 0, 0, np.nan], [1, 1, 1, 1]], f)),
+            InvalidGradientError,
+            r"NaN or Inf in 1 row\(s\) of 2",
+        ),
         ("apply_gradients", ([1], np.full((1, 4), np.inf, f)), InvalidGradientError, "NaN or Inf"),
         ("set_weights", (np.ones((10, 3)),), InvalidConfigError, r"shape \(10, 4\)"),
         ("set_weights", (np.full((10, 4), np.nan),), InvalidConfigError, "NaN or Inf"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.fixture(scope="module", params=["inprocess", "ray"])
 def shared_store(request):
     if request.param == "ray":
         request.getfixturevalue("ray_session")
-    store = EmbeddingStore.create(f"bad-input-{request.param}", 10, 4, num_shards=3,
-                                  optimizer="adagrad", backend=request.param)  # fmt: skip
+    store = EmbeddingStore.create(
+        f"bad-input-{request.param}",
+        10,
+        4,
+        num_shards=3,
+        optimizer="adagrad",
+        backend=request.param,
+    )
     yield store
     store.close()
 
@@ -213,8 +245,9 @@ def test_name_in_use_and_close(backend, table_name):
 
 def test_connect_from_another_process(ray_session, table_name, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
-    with EmbeddingStore.create(table_name, 30, 4, num_shards=2, seed=3,
-                               optimizer={"name": "sgd", "learning_rate": 1.0}) as store:  # fmt: skip
+    with EmbeddingStore.create(
+        table_name, 30, 4, num_shards=2, seed=3, optimizer={"name": "sgd", "learning_rate": 1.0}
+    ) as store:
         before = store.to_numpy()
         script = (
             "import numpy as np, ray, shardemb\n"
@@ -224,8 +257,9 @@ def test_connect_from_another_process(ray_session, table_name, tmp_path):
             "s.flush()\n"
             "print(s.lookup([5]).sum())\n"
         )
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         expect = before.copy()
         expect[5] -= 2.0
