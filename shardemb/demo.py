@@ -282,26 +282,13 @@ def run(cfg: DemoConfig) -> dict:
     model.compile(_keras_optimizer(cfg.optimizer, cfg.learning_rate), in_batch_softmax_loss)
 
     baseline = popularity_baseline(train, test, num_items, k=10)
-    x = {"user": train.users, "item": train.items}
-    dummy_y = np.zeros(len(train), np.float32)
     print(
         f"most-popular baseline: recall@10 {baseline['recall']:.4f}, NDCG@10 {baseline['ndcg']:.4f}"
     )
 
     for epoch in range(start_epoch, cfg.epochs):
-        # Each epoch's order depends on the epoch alone, so a resumed run sees the same data.
-        perm = np.random.default_rng(cfg.seed + 1 + epoch).permutation(len(train))
-        t0 = time.perf_counter()
         print(f"epoch {epoch + 1}/{cfg.epochs}")
-        fit = model.fit(
-            {k: v[perm] for k, v in x.items()},
-            dummy_y[perm],
-            batch_size=cfg.batch_size,
-            epochs=1,
-            shuffle=False,
-            verbose=1,
-        )
-        train_s = time.perf_counter() - t0
+        loss, train_s = _fit_epoch(model, train, epoch, cfg)
         metrics = _evaluate(
             stores["users"].to_numpy(),
             stores["items"].to_numpy(),
@@ -317,7 +304,7 @@ def run(cfg: DemoConfig) -> dict:
         history.append(
             {
                 "epoch": epoch + 1,
-                "loss": float(fit.history["loss"][-1]),
+                "loss": loss,
                 "recall@10": metrics["recall"],
                 "ndcg@10": metrics["ndcg"],
                 "train_seconds": train_s,
@@ -367,22 +354,10 @@ def _train_keras(cfg, train, test, num_users, num_items, item_log_prob) -> dict:
     ]
     model = build_model(layers[0], layers[1], item_log_prob, cfg.temperature)
     model.compile(_keras_optimizer(cfg.optimizer, cfg.learning_rate), in_batch_softmax_loss)
-    x = {"user": train.users, "item": train.items}
-    dummy_y = np.zeros(len(train), np.float32)
     history = []
     for epoch in range(cfg.epochs):
-        perm = np.random.default_rng(cfg.seed + 1 + epoch).permutation(len(train))
-        t0 = time.perf_counter()
         print(f"keras.layers.Embedding epoch {epoch + 1}/{cfg.epochs}")
-        fit = model.fit(
-            {k: v[perm] for k, v in x.items()},
-            dummy_y[perm],
-            batch_size=cfg.batch_size,
-            epochs=1,
-            shuffle=False,
-            verbose=1,
-        )
-        train_s = time.perf_counter() - t0
+        loss, train_s = _fit_epoch(model, train, epoch, cfg)
         m = _evaluate(
             layers[0].get_weights()[0],
             layers[1].get_weights()[0],
@@ -394,13 +369,29 @@ def _train_keras(cfg, train, test, num_users, num_items, item_log_prob) -> dict:
         history.append(
             {
                 "epoch": epoch + 1,
-                "loss": float(fit.history["loss"][-1]),
+                "loss": loss,
                 "recall@10": m["recall"],
                 "ndcg@10": m["ndcg"],
                 "train_seconds": train_s,
             }
         )
     return {"history": history, "final": history[-1]}
+
+
+def _fit_epoch(model, train, epoch: int, cfg: DemoConfig) -> tuple[float, float]:
+    """One epoch of ``model.fit`` in an order that depends on the epoch alone (so a resumed
+    run and the Keras comparison see the same batches); returns (loss, seconds)."""
+    perm = np.random.default_rng(cfg.seed + 1 + epoch).permutation(len(train))
+    t0 = time.perf_counter()
+    fit = model.fit(
+        {"user": train.users[perm], "item": train.items[perm]},
+        np.zeros(len(train), np.float32),  # the loss takes its labels from the batch itself
+        batch_size=cfg.batch_size,
+        epochs=1,
+        shuffle=False,
+        verbose=1,
+    )
+    return float(fit.history["loss"][-1]), time.perf_counter() - t0
 
 
 def _atomic_json(path: str, obj) -> None:
