@@ -292,3 +292,26 @@ def test_attach_existing_store_and_fit_on_ray(ray_session, table_name, init, rng
         model.fit(rng.integers(0, V, (32, 3)), np.ones((32, 1)), batch_size=8, verbose=0)
         assert [i["step"] for i in store.info()] == [4, 4]
         assert not np.array_equal(store.to_numpy(), init)
+
+
+def test_table_checkpoint_callback_saves_on_schedule_and_restores(tmp_path, init, rng):
+    layer = _sharded(weights=[init], optimizer="adagrad", name="items")
+    model = keras.Sequential(
+        [keras.Input((3,), dtype="int64"), layer, keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    model.compile("sgd", "mse")
+    x, y = rng.integers(0, V, (32, 3)), np.ones((32, 1))
+    callback = shardemb.TableCheckpoint(str(tmp_path), every_n_batches=3, keep=2)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])  # 8 batches
+    mgr = shardemb.CheckpointManager(str(tmp_path / "items"))
+    assert mgr.steps() == [6, 8]  # every 3 batches (3, 6) and each epoch end (4, 8); keep 2
+    saved = layer.get_weights()[0]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # train past the checkpoint
+    assert not np.array_equal(layer.get_weights()[0], saved)
+    old_store = layer.store
+    assert shardemb.TableCheckpoint.restore(model, str(tmp_path), num_shards=3) == {"items": 8}
+    assert layer.store is not old_store and layer.store.num_shards == 3
+    np.testing.assert_array_equal(layer.get_weights()[0], saved)
+    model.predict(x, verbose=0)  # the model works on the restored table
+    with pytest.raises(InvalidConfigError, match="every_n_epochs"):
+        shardemb.TableCheckpoint(str(tmp_path), every_n_epochs=0)
