@@ -23,9 +23,11 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import collections
 import mmap
 import os
+import threading
 import uuid
 
 import numpy as np
@@ -34,6 +36,47 @@ __all__ = ["SHM_DIR", "AttachedBuffers", "SharedBuffer", "shm_available"]
 
 SHM_DIR = "/dev/shm"
 _PREFIX = "shardemb-"
+
+
+# Files this process created and has not removed yet: removed at exit, and files of
+# processes that died without that chance are swept by the next process that creates one.
+_owned: set[str] = set()
+_owned_lock = threading.Lock()
+_swept = False
+
+
+@atexit.register
+def _remove_owned() -> None:
+    with _owned_lock:
+        for path in list(_owned):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        _owned.clear()
+
+
+def _sweep_stale() -> None:
+    """Remove buffers left behind by processes of this host that no longer exist."""
+    global _swept
+    _swept = True
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_PREFIX) :].split("-", 1)[0]
+        if not name.startswith(_PREFIX) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except OSError:
+                pass
+        except PermissionError:
+            pass  # another user's live process
 
 
 def shm_available() -> bool:
@@ -49,10 +92,14 @@ class SharedBuffer:
 
     @classmethod
     def create(cls, size: int) -> SharedBuffer:
+        if not _swept:
+            _sweep_stale()
         size = max(int(size), mmap.PAGESIZE)
         name = f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         path = os.path.join(SHM_DIR, name)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        with _owned_lock:
+            _owned.add(path)
         try:
             os.ftruncate(fd, size)
             mm = mmap.mmap(fd, size)
@@ -84,10 +131,13 @@ class SharedBuffer:
             # A view is still alive somewhere: leave the mapping to the garbage collector.
             pass
         if self._owner:
+            path = os.path.join(SHM_DIR, self.name)
             try:
-                os.unlink(os.path.join(SHM_DIR, self.name))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
+            with _owned_lock:
+                _owned.discard(path)
             self._owner = False
 
 
