@@ -133,19 +133,6 @@ class Shard:
     def _shm_ids(self, name: str, start: int, stop: int) -> np.ndarray:
         return self._buffers.get(name).array(np.int64, (stop - start,), offset=start * 8)
 
-    def assign(self, local: np.ndarray, values: np.ndarray) -> None:
-        """Overwrite rows (``set_weights``); slots are kept, as Keras keeps them."""
-        local = self._check_rows(local)
-        values = np.asarray(values, dtype=self.config.dtype)
-        if values.shape != (local.size, self.config.dim):
-            raise InvalidGradientError(
-                f"Shard {self.index} expected values of shape {(local.size, self.config.dim)}. "
-                f"Received: shape={values.shape}"
-            )
-        if local.size:
-            rows, first = np.unique(local, return_index=True)
-            self.weights.scatter(rows, self.weights.native(values[first]))
-
     def write_rows(self, start: int, values: np.ndarray) -> None:
         """Overwrite contiguous local rows from ``start`` (``set_weights``); slots are kept."""
         values = np.asarray(values, dtype=self.config.dtype)

@@ -42,10 +42,6 @@ class RowStorage:
         """Overwrite ``rows`` (unique) with ``values``."""
         raise NotImplementedError
 
-    def gather_into(self, rows: np.ndarray, out: np.ndarray) -> None:
-        """Write the rows at ``rows`` into the host array ``out`` (e.g. shared memory)."""
-        out[...] = self.host(self.gather(rows))
-
     def to_numpy(self, start: int, stop: int) -> np.ndarray:
         """A host copy of the contiguous rows ``[start, stop)``."""
         raise NotImplementedError
@@ -83,10 +79,6 @@ class NumpyStorage(RowStorage):
 
     def gather(self, rows):
         return np.take(self._data, rows, axis=0)
-
-    def gather_into(self, rows, out):
-        # mode="clip" avoids numpy's buffered copy for mode="raise"; rows are checked.
-        np.take(self._data, rows, axis=0, out=out, mode="clip")
 
     def scatter(self, rows, values):
         self._data[rows] = values
