@@ -1,0 +1,6 @@
+"""shardemb benchmarks: run them with ``python -m benchmarks.run`` from a source checkout.
+
+Each section lives in its own module and exposes ``run(ctx) -> dict`` (JSON-ready);
+:mod:`benchmarks.run` starts Ray once, runs the sections, writes the JSON and plots, and
+regenerates the tables of ``benchmarks/README.md`` (:mod:`benchmarks.report`).
+"""
