@@ -39,9 +39,11 @@ NAMESPACE = "shardemb"
 class ShardResources:
     """What each shard actor asks Ray for."""
 
-    num_cpus: float = 0.0
-    """CPUs reserved per shard. 0 lets many shards share a small machine; reserve 1 per
-    shard on a real cluster so shards do not compete with training processes."""
+    num_cpus: float = 0.01
+    """CPUs reserved per shard. The default lets a hundred shards share a core on a small
+    machine; it is not 0 because Ray does not spread zero-CPU actors over nodes (measured:
+    4 shards all on one of 2 nodes). Reserve 1 per shard on a real cluster so shards do
+    not compete with training processes."""
     num_gpus: float = 0.0
     """GPUs per shard; ``device="gpu"`` makes it 1 unless set."""
     memory: int | None = None
