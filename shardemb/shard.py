@@ -106,8 +106,8 @@ class Shard:
         out = out_buf.array(self.config.dtype, (out_buf.size // (dim * self._itemsize), dim))
         if pos.size and (pos.min() < 0 or pos.max() >= len(out)):
             raise InvalidIdsError(f"Shard {self.index}: output positions out of range.")
-        # Gather here, then scatter into the router's output: both run in this process,
-        # in parallel with the other shards, and the router copies nothing.
+        # Gather here, then scatter into the router's output: both run in this process, in
+        # parallel with the other shards; the router makes one copy (or one un-dedup take).
         out[pos] = self.weights.host(self.weights.gather(local))
         return stop - start
 
