@@ -408,6 +408,7 @@ def _plot(history, baseline, keras_result, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     if not history:
         return
@@ -430,6 +431,7 @@ def _plot(history, baseline, keras_result, path: str) -> None:
     ax1.set(xlabel="epoch", ylabel="training loss", title="Loss")
     ax2.set(xlabel="epoch", ylabel="recall@10", title="Recall@10 (held-out, full catalogue)")
     for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
