@@ -13,20 +13,13 @@ import sys
 __all__ = ["main"]
 
 
-def _demo(args: argparse.Namespace) -> int:  # reached only for `shardemb demo` alone
-    from shardemb.demo import main as demo_main
-
-    return demo_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardemb", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
+    sub.add_parser(
         "demo", help="train the recommender demo (examples/train_recommender.py)", add_help=False
     )
-    demo.add_argument("rest", nargs=argparse.REMAINDER)
-    demo.set_defaults(func=_demo)
+    # Listed for --help only: main() hands `demo ...` to the demo's own parser.
     for register in _registrars():
         register(sub)
     return parser
@@ -42,7 +35,7 @@ def _registrars():
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["demo"]:
-        # The demo owns its flags (argparse's REMAINDER drops leading options).
+        # The demo owns its flags; argparse sub-parsers cannot pass them through untouched.
         from shardemb.demo import main as demo_main
 
         return _guard(lambda: demo_main(argv[1:]))

@@ -79,7 +79,7 @@ class EmbeddingStore:
         self._dedup = Deduplicator(config.vocab_size)
         self._closed = False
         self._shm: _ShmChannel | None | bool = False  # False: not probed yet
-        self._finalizer = weakref.finalize(self, _noop)
+        self._finalizer: weakref.finalize | None = None  # set for tables that die with us
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -302,9 +302,13 @@ class EmbeddingStore:
         return self._gather_table("read")
 
     def _gather_table(self, method: str, *args) -> np.ndarray:
+        """A whole per-row array gathered from every shard by ``method`` (``read``, or
+        ``read_slot`` with a slot name), in global row order."""
         cfg = self.config
         part = cfg.partition
-        out = np.empty((cfg.vocab_size, cfg.dim), dtype=cfg.dtype)
+        # A slot may be narrower than a row (row-wise Adagrad keeps one value per row).
+        width = cfg.optimizer.slot_specs(cfg.dim)[args[0]][0] if method == "read_slot" else cfg.dim
+        out = np.empty((cfg.vocab_size, width), dtype=cfg.dtype)
         sizes = part.shard_sizes()
         with self._lock:
             self._raise_pending()
@@ -466,7 +470,8 @@ class EmbeddingStore:
                     self._backend.kill(self.config.name, self._handles)
                 if self._shm:
                     self._shm.close()
-                self._finalizer.detach()
+                if self._finalizer is not None:
+                    self._finalizer.detach()
 
     def __enter__(self) -> EmbeddingStore:
         return self
@@ -651,7 +656,3 @@ def _global_slice(part, shard: int, start: int, stop: int):
         return slice(start * n + shard, (stop - 1) * n + shard + 1, n)
     base = int(part.shard_starts()[shard])
     return slice(base + start, base + stop)
-
-
-def _noop() -> None:
-    pass
