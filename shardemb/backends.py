@@ -306,6 +306,14 @@ class RayBackend:
                 self._ray.kill(h, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone is fine when closing
                 pass
+        # The cluster frees the names a moment after the kill: wait, so that once close()
+        # returns the table is gone for every process (and its name can be reused).
+        import time
+
+        deadline = time.monotonic() + 30
+        for i in range(len(handles)):
+            while self._exists(actor_name(name, i)) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def node_of(self, handles: list) -> list[dict]:
         return self.get([h.node.remote() for h in handles], timeout=60)
