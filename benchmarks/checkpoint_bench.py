@@ -37,7 +37,7 @@ from shardemb.checkpoint import (
     save_store,
     verify_checkpoint,
 )
-from shardemb.config import TableConfig
+from shardemb.core.config import TableConfig
 
 
 def _fsync_save(path: str, array: np.ndarray) -> None:

@@ -93,7 +93,7 @@ def profiled_lookup(store, ids: np.ndarray, dedup, direct: bool = False):
     router puts them in asked order with one pass (the inverse ``np.take`` after a dedup,
     a scatter by ``split.order`` otherwise), where today each shard gathers into a
     temporary and scatters it to the asked positions, and the router then copies."""
-    from shardemb.router import DEDUP_KEEP_RATIO, LookupPlan, assemble, check_ids
+    from shardemb.core.router import DEDUP_KEEP_RATIO, LookupPlan, assemble, check_ids
 
     cfg, be, t = store.config, store._backend, {}
     clock = time.perf_counter

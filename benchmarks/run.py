@@ -122,7 +122,7 @@ def _start_ray(args) -> bool:
         return False
     import ray
 
-    from shardemb.backends import ensure_ray
+    from shardemb.transport.backends import ensure_ray
 
     if args.address:
         ensure_ray(args.address)

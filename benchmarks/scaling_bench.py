@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-id", default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    from shardemb.backends import ensure_ray
+    from shardemb.transport.backends import ensure_ray
 
     ensure_ray(os.environ.get("RAY_ADDRESS"))
     ctx = Context(mode=a.mode, address=os.environ.get("RAY_ADDRESS"),

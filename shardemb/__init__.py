@@ -14,7 +14,7 @@ load on first use, so shard actors and pure-numpy users never pay for it.
 
 from __future__ import annotations
 
-from shardemb.backends import ShardResources
+from shardemb.transport.backends import ShardResources
 from shardemb.errors import (
     CapacityError,
     CheckpointCorruptError,
@@ -33,15 +33,15 @@ from shardemb.errors import (
     TableExistsError,
     TableNotFoundError,
 )
-from shardemb.optimizers import SGD, Adagrad, Adam, Ftrl, RowWiseAdagrad, SparseOptimizer
+from shardemb.core.optimizers import SGD, Adagrad, Adam, Ftrl, RowWiseAdagrad, SparseOptimizer
 from shardemb.store import EmbeddingStore
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ShardedEmbedding": "shardemb.layer",
+    "ShardedEmbedding": "shardemb.keras.layer",
     "CheckpointManager": "shardemb.checkpoint",
-    "TableCheckpoint": "shardemb.layer",
+    "TableCheckpoint": "shardemb.keras.layer",
 }
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 A new storage passes when a pytest class that subclasses :class:`StorageConformance` and
 sets ``storage`` (and ``device``) passes. It checks the storage directly and through a
-:class:`~shardemb.shard.Shard` with every optimizer, against the numpy storage as the
+:class:`~shardemb.shard.shard.Shard` with every optimizer, against the numpy storage as the
 reference. Requires pytest.
 
 Example (in a test module)::
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from shardemb.config import TableConfig
+from shardemb.core.config import TableConfig
 from shardemb.errors import InvalidGradientError, InvalidIdsError
-from shardemb.optimizers import OPTIMIZERS
-from shardemb.shard import Shard
-from shardemb.storage import make_storage
+from shardemb.core.optimizers import OPTIMIZERS
+from shardemb.shard.shard import Shard
+from shardemb.shard.storage import make_storage
 
 __all__ = ["StorageConformance"]
 

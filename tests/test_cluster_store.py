@@ -11,9 +11,9 @@ import pytest
 
 import shardemb
 from shardemb import EmbeddingStore, ShardResources
-from shardemb.config import TableConfig
+from shardemb.core.config import TableConfig
 from shardemb.errors import CapacityError, ClusterConnectionError, TableNotFoundError
-from shardemb.placement import check_capacity
+from shardemb.transport.placement import check_capacity
 
 
 def _run(script: str, env: dict | None = None, timeout: float = 240) -> str:

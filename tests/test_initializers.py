@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from shardemb.errors import InvalidConfigError
-from shardemb.initializers import Initializer, get_initializer
+from shardemb.core.initializers import Initializer, get_initializer
 
 
 def test_values_depend_on_global_row_only():

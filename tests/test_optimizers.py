@@ -5,10 +5,10 @@ import keras
 import numpy as np
 import pytest
 
-from shardemb.config import TableConfig
+from shardemb.core.config import TableConfig
 from shardemb.errors import InvalidConfigError
-from shardemb.optimizers import OPTIMIZERS, Adam, get_optimizer
-from shardemb.shard import Shard, sum_duplicates
+from shardemb.core.optimizers import OPTIMIZERS, Adam, get_optimizer
+from shardemb.shard.shard import Shard, sum_duplicates
 
 VOCAB, DIM = 12, 4
 

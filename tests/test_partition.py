@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from shardemb.errors import InvalidConfigError
-from shardemb.partition import Partition
+from shardemb.core.partition import Partition
 
 
 @pytest.mark.parametrize("kind", ["mod", "div"])

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from shardemb.shm import SHM_DIR, AttachedBuffers, SharedBuffer
+from shardemb.transport.shm import SHM_DIR, AttachedBuffers, SharedBuffer
 
 
 def test_views_are_shared_between_mappings():
@@ -35,17 +35,17 @@ def _spawn(code: str) -> subprocess.Popen:
 
 
 def test_files_of_exited_and_killed_processes_are_removed():
-    exits = _spawn("from shardemb.shm import SharedBuffer; print(SharedBuffer.create(64).name)")
+    exits = _spawn("from shardemb.transport.shm import SharedBuffer; print(SharedBuffer.create(64).name)")
     name = exits.communicate(timeout=60)[0].strip()
     assert not os.path.exists(os.path.join(SHM_DIR, name))  # removed at exit
     killed = _spawn(
-        "import sys, time\nfrom shardemb.shm import SharedBuffer\n"
+        "import sys, time\nfrom shardemb.transport.shm import SharedBuffer\n"
         "b = SharedBuffer.create(64); print(b.name, flush=True); time.sleep(60)"
     )
     name = killed.stdout.readline().strip()
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=30)
     assert os.path.exists(os.path.join(SHM_DIR, name))  # SIGKILL gives no chance to clean
-    sweeper = _spawn("from shardemb.shm import SharedBuffer; SharedBuffer.create(64).close()")
+    sweeper = _spawn("from shardemb.transport.shm import SharedBuffer; SharedBuffer.create(64).close()")
     sweeper.wait(timeout=60)
     assert not os.path.exists(os.path.join(SHM_DIR, name))  # swept by the next creator

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shardemb.config import TableConfig
+from shardemb.core.config import TableConfig
 from shardemb.errors import (
     CheckpointCorruptError,
     CheckpointError,
@@ -78,7 +78,7 @@ from shardemb.errors import (
     InvalidConfigError,
     ShardembError,
 )
-from shardemb.partition import Partition
+from shardemb.core.partition import Partition
 
 __all__ = [
     "FORMAT_VERSION",

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from shardemb.errors import InvalidConfigError
-from shardemb.initializers import Initializer, get_initializer
-from shardemb.optimizers import SparseOptimizer, get_optimizer
-from shardemb.partition import Partition
+from shardemb.core.initializers import Initializer, get_initializer
+from shardemb.core.optimizers import SparseOptimizer, get_optimizer
+from shardemb.core.partition import Partition
 
 __all__ = ["DEVICES", "DTYPES", "TableConfig"]
 

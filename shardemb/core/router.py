@@ -7,7 +7,7 @@ one preallocated output. No boolean masks, no Python loop over ids.
 
 Example:
     >>> import numpy as np
-    >>> from shardemb.partition import Partition
+    >>> from shardemb.core.partition import Partition
     >>> p = Partition("mod", vocab_size=10, num_shards=2)
     >>> plan = plan_lookup(np.array([3, 4, 3]), p, dedup=True)
     >>> [plan.split.local_rows(s).tolist() for s in range(2)]
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shardemb.errors import InvalidGradientError, InvalidIdsError
-from shardemb.partition import Partition, ShardSplit
+from shardemb.core.partition import Partition, ShardSplit
 
 __all__ = ["Deduplicator", "LookupPlan", "assemble", "check_grads", "check_ids", "plan_lookup"]
 

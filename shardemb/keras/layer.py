@@ -36,8 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from shardemb.errors import InvalidConfigError
-from shardemb.initializers import get_initializer
-from shardemb.optimizers import get_optimizer
+from shardemb.core.initializers import get_initializer
+from shardemb.core.optimizers import get_optimizer
 from shardemb.store import EmbeddingStore
 
 __all__ = ["COMBINERS", "ShardedEmbedding", "TableCheckpoint", "TableView"]
@@ -94,7 +94,7 @@ class ShardedEmbedding(keras.layers.Layer):
         weights: ``[matrix]`` of shape ``(input_dim, output_dim)`` to start from.
         trainable: ``False`` freezes the table (nothing is pushed).
         optimizer: the table's sparse optimizer (a name, a dict, a
-            :class:`shardemb.optimizers.SparseOptimizer`, or a Keras SGD/Adagrad/Adam/Ftrl).
+            :class:`shardemb.core.optimizers.SparseOptimizer`, or a Keras SGD/Adagrad/Adam/Ftrl).
         num_shards: shards of a new table (default: 2, at most ``input_dim``).
         partition: ``"mod"`` or ``"div"``.
         combiner: ``"sum"``, ``"mean"`` or ``"sqrtn"`` to pool multi-hot inputs given as

@@ -1,15 +1,15 @@
 """One shard of a table: its rows, its optimizer slots and its step count.
 
 A plain class: the Ray actor is made from it where actors are created
-(:mod:`shardemb.backends`), so all of this is unit-tested in-process.
+(:mod:`shardemb.transport.backends`), so all of this is unit-tested in-process.
 
-Rows are addressed by *local* row index (see :mod:`shardemb.partition`); the router
+Rows are addressed by *local* row index (see :mod:`shardemb.core.partition`); the router
 validates ids and gradients before anything reaches a shard, and the shard re-checks
 shapes so that no call can leave it half-updated.
 
 Example:
     >>> import numpy as np
-    >>> from shardemb.config import TableConfig
+    >>> from shardemb.core.config import TableConfig
     >>> cfg = TableConfig.build("t", 10, 4, num_shards=2, optimizer={"name": "sgd",
     ...                         "learning_rate": 1.0}, initializer="zeros", seed=0)
     >>> shard = Shard(cfg, 1)
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from shardemb.config import TableConfig
+from shardemb.core.config import TableConfig
 from shardemb.errors import InvalidGradientError, InvalidIdsError
-from shardemb.shm import AttachedBuffers
-from shardemb.storage import make_storage
+from shardemb.transport.shm import AttachedBuffers
+from shardemb.shard.storage import make_storage
 
 __all__ = ["INIT_BLOCK_ROWS", "Shard", "sum_duplicates"]
 
@@ -94,7 +94,7 @@ class Shard:
         for k, v in new_slots.items():
             self.slots[k].scatter(rows, v)
 
-    # -- the same, through a router's shared memory (shardemb.shm) ------------------------
+    # -- the same, through a router's shared memory (shardemb.transport.shm) ------------------------
     def lookup_shm(self, names: tuple[str, str, str], start: int, stop: int) -> int:
         """Serve ``ids[start:stop]`` of the router's buffers: write the row of each to
         ``out[pos[i]]``. ``names`` are the ids, positions and output buffers."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from shardemb.optimizers import NUMPY_OPS, ArrayOps
+from shardemb.core.optimizers import NUMPY_OPS, ArrayOps
 
 __all__ = ["STORAGES", "NumpyStorage", "RowStorage", "TensorflowStorage", "make_storage"]
 

@@ -23,16 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from shardemb.backends import ShardResources, get_backend
-from shardemb.config import TableConfig
+from shardemb.transport.backends import ShardResources, get_backend
+from shardemb.core.config import TableConfig
 from shardemb.errors import (
     InvalidConfigError,
     ShardRestartedError,
     ShardUnavailableError,
     TableNotFoundError,
 )
-from shardemb.router import Deduplicator, assemble, check_grads, check_ids, plan_lookup
-from shardemb.shm import SharedBuffer, shm_available
+from shardemb.core.router import Deduplicator, assemble, check_grads, check_ids, plan_lookup
+from shardemb.transport.shm import SharedBuffer, shm_available
 
 __all__ = ["EmbeddingStore"]
 
@@ -113,7 +113,7 @@ class EmbeddingStore:
                 ``"truncated_normal"``, ``"zeros"``, a dict, or a Keras initializer.
             optimizer: ``"sgd"``, ``"adagrad"``, ``"rowwise_adagrad"``, ``"adam"``,
                 ``"ftrl"``, a dict such as ``{"name": "adam", "learning_rate": 0.01}``, a
-                :class:`shardemb.optimizers.SparseOptimizer`, or a Keras optimizer.
+                :class:`shardemb.core.optimizers.SparseOptimizer`, or a Keras optimizer.
             dtype: ``"float32"`` (default), ``"float16"`` or ``"float64"``.
             seed: initializer seed; the same seed gives the same table for any shard
                 count and partition. ``None`` draws one.
@@ -166,7 +166,7 @@ class EmbeddingStore:
         be = get_backend(backend, address)
         resources = resources or ShardResources()
         if backend == "ray":
-            from shardemb.placement import check_capacity
+            from shardemb.transport.placement import check_capacity
 
             check_capacity(config, resources)
         handles = be.create(config, resources, detached=detached, initialize=initialize)

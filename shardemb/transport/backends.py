@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardemb.config import TableConfig
+from shardemb.core.config import TableConfig
 from shardemb.errors import (
     ClusterConnectionError,
     ShardembError,
@@ -27,7 +27,7 @@ from shardemb.errors import (
     TableExistsError,
     TableNotFoundError,
 )
-from shardemb.shard import Shard
+from shardemb.shard.shard import Shard
 
 __all__ = ["BACKENDS", "InProcessBackend", "RayBackend", "ShardResources", "get_backend"]
 

@@ -4,7 +4,7 @@ Run before any actor is created, so an impossible table fails at once with the n
 the fixes, not with an out-of-memory kill an hour later.
 
 Example:
-    >>> from shardemb.config import TableConfig
+    >>> from shardemb.core.config import TableConfig
     >>> cfg = TableConfig.build("t", 1000, 8, num_shards=2, optimizer="adagrad", seed=0)
     >>> shard_bytes(cfg)  # 500 rows x (8 + 8 slot) x 4 bytes
     32000
@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from shardemb.config import TableConfig
+from shardemb.core.config import TableConfig
 from shardemb.errors import CapacityError
 
 __all__ = ["HEADROOM", "check_capacity", "shard_bytes"]

@@ -234,7 +234,7 @@ def run(cfg: DemoConfig) -> dict:
     )
 
     if cfg.backend == "ray":
-        from shardemb.backends import ensure_ray
+        from shardemb.transport.backends import ensure_ray
 
         ensure_ray(cfg.address)
     managers = {

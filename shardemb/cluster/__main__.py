@@ -1,0 +1,7 @@
+"""``python -m shardemb.cluster``: the same as ``shardemb cluster``."""
+
+import sys
+
+from shardemb.cluster import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""core layer of shardemb; see docs/ARCHITECTURE.md."""

@@ -1,0 +1,1 @@
+"""keras layer of shardemb; see docs/ARCHITECTURE.md."""

@@ -1,0 +1,1 @@
+"""shard layer of shardemb; see docs/ARCHITECTURE.md."""

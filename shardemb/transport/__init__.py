@@ -1,0 +1,1 @@
+"""transport layer of shardemb; see docs/ARCHITECTURE.md."""
