@@ -8,7 +8,7 @@ import pytest
 from shardemb.cli import main as cli_main
 from shardemb.demo import main as demo_main
 from shardemb.errors import DataFormatError
-from shardemb.recsys.data import synthetic_interactions
+from shardemb.recsys import synthetic_interactions
 
 TINY = [
     "--backend",

@@ -1,4 +1,4 @@
-"""Tests for shardemb.recsys.data: MovieLens loading, id mapping, synthetic logs, split."""
+"""Tests for shardemb.recsys: MovieLens loading, id mapping, synthetic logs, split."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import shardemb.recsys
-import shardemb.recsys.data as data_module
+import shardemb.recsys.movielens as movielens_module
+import shardemb.recsys.tastes as tastes_module
 from shardemb.errors import DataFormatError, InvalidConfigError, InvalidIdsError
 from shardemb.recsys import (
     IdMapping,
@@ -119,7 +120,7 @@ def test_load_ratings_accepts_crlf_no_final_newline_and_fsspec_urls(tmp_path):
 
 
 def test_load_ratings_counts_lines_across_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "_CHUNK_BYTES", 50)  # a few lines per chunk
+    monkeypatch.setattr(movielens_module, "_CHUNK_BYTES", 50)  # a few lines per chunk
     lines = [f"{u}::{u % 7}::4::{1000 + u}\n" for u in range(200)]
     log = load_ratings(_write(tmp_path, "ratings.dat", "".join(lines)))
     np.testing.assert_array_equal(log.users, np.arange(200))
@@ -317,9 +318,9 @@ def test_synthetic_tastes_are_learnable():
 
 def test_synthetic_interactions_large_worlds_sample_from_prototypes(monkeypatch):
     # Force the approximate path used above 2**25 user-item pairs, with 20 prototypes.
-    monkeypatch.setattr(data_module, "_EXACT_ENTRIES", 0)
-    monkeypatch.setattr(data_module, "_PROTOTYPE_ENTRIES", 20 * 500)
-    monkeypatch.setattr(data_module, "_GUIDE_ENTRIES", 3 * 500)
+    monkeypatch.setattr(tastes_module, "_EXACT_ENTRIES", 0)
+    monkeypatch.setattr(tastes_module, "_PROTOTYPE_ENTRIES", 20 * 500)
+    monkeypatch.setattr(tastes_module, "_GUIDE_ENTRIES", 3 * 500)
     log, truth = synthetic_interactions(1_000, 500, 30_000, seed=2, return_truth=True)
     _check_log_invariants(log, 1_000, 500, 30_000)
     oracle, popular, random = _recalls(log, truth, 500)

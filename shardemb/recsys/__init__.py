@@ -9,15 +9,7 @@ Example:
     200
 """
 
-from shardemb.recsys.data import (
-    IdMapping,
-    Interactions,
-    SyntheticTruth,
-    encode,
-    load_ratings,
-    synthetic_interactions,
-    train_test_split,
-)
+from shardemb.recsys.interactions import IdMapping, Interactions, encode
 from shardemb.recsys.metrics import (
     evaluate,
     ndcg_at_k,
@@ -25,6 +17,10 @@ from shardemb.recsys.metrics import (
     recall_at_k,
     topk_scores,
 )
+from shardemb.recsys.movielens import load_ratings
+from shardemb.recsys.split import train_test_split
+from shardemb.recsys.synthetic import synthetic_interactions
+from shardemb.recsys.tastes import SyntheticTruth
 
 __all__ = [
     "IdMapping",

@@ -1,12 +1,12 @@
 """Full-catalogue retrieval metrics: top-k by dot product, recall@k, NDCG@k, popularity baseline.
 
 Pure numpy (no Ray, TensorFlow or Keras). Users and items are rows ``0..n-1`` (see
-:func:`shardemb.recsys.data.encode`). Rankings are deterministic: among equal scores the
+:func:`shardemb.recsys.encode`). Rankings are deterministic: among equal scores the
 lower item index ranks first.
 
 Example:
     >>> import numpy as np
-    >>> from shardemb.recsys.data import Interactions
+    >>> from shardemb.recsys import Interactions
     >>> train = Interactions([0, 0, 1], [0, 1, 0], [5, 4, 3], [1, 2, 3])
     >>> test = Interactions([0, 1], [2, 2], [5, 5], [4, 4])
     >>> popularity_baseline(train, test, num_items=3, k=1)
@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from shardemb._validate import check_positive_int
 from shardemb.errors import InvalidConfigError, InvalidIdsError
-from shardemb.recsys.data import Interactions
+from shardemb.recsys.interactions import Interactions, check_interactions
 
 __all__ = [
     "evaluate",
@@ -67,8 +68,8 @@ def topk_scores(
             "`user_vectors` and `item_vectors` must have the same number of columns. "
             f"Received: user_vectors of shape {users.shape}, item_vectors of shape {items.shape}"
         )
-    _check_positive_int("k", k)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("k", k)
+    check_positive_int("batch_size", batch_size)
     num_users, num_items = len(users), len(items)
     excluded = _exclusion_csr(exclude, num_users, num_items)
     top = np.full((num_users, k), -1, dtype=np.int64)
@@ -140,7 +141,7 @@ def _per_user_metrics(
     topk: Any, heldout_users: Any, heldout_items: Any, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Recall and NDCG of each user that has held-out items."""
-    _check_positive_int("k", k)
+    check_positive_int("k", k)
     top = np.asarray(topk)
     if top.ndim != 2 or (top.size and top.dtype.kind not in "iu"):
         raise InvalidConfigError(
@@ -193,7 +194,7 @@ def evaluate(
         ``{"recall": ..., "ndcg": ..., "users": number of users evaluated}``.
 
     Example:
-        >>> from shardemb.recsys.data import Interactions
+        >>> from shardemb.recsys import Interactions
         >>> train = Interactions([0, 1], [0, 1], [5, 5], [1, 1])
         >>> test = Interactions([0, 1], [1, 2], [5, 5], [2, 2])
         >>> users = np.array([[1.0, 0.0], [0.0, 1.0]])
@@ -224,13 +225,13 @@ def popularity_baseline(
     index. Returns the same dictionary as :func:`evaluate`.
 
     Example:
-        >>> from shardemb.recsys.data import Interactions
+        >>> from shardemb.recsys import Interactions
         >>> train = Interactions([0, 1, 2], [2, 2, 1], [5, 5, 5], [1, 1, 1])
         >>> test = Interactions([0, 1], [1, 0], [5, 5], [2, 2])
         >>> popularity_baseline(train, test, num_items=3, k=1)  # user 0 gets 1, user 1 gets 1
         {'recall': 0.5, 'ndcg': 0.5, 'users': 2}
     """
-    _check_positive_int("num_items", num_items)
+    check_positive_int("num_items", num_items)
     train_items = _ids(train.items, "train.items", num_items)
     counts = np.bincount(train_items, minlength=num_items).astype(np.float64)
     num_users = int(max(train.users.max(initial=-1), test.users.max(initial=-1))) + 1
@@ -250,12 +251,9 @@ def _evaluate_rows(
     rank: Any, train: Interactions, test: Interactions, num_users: int, num_items: int, k: int
 ) -> dict[str, float | int]:
     """Rank only the users that have test items, then score them."""
-    _check_positive_int("k", k)
+    check_positive_int("k", k)
     for name, log in (("train", train), ("test", test)):
-        if not isinstance(log, Interactions):
-            raise InvalidConfigError(
-                f"`{name}` must be an Interactions. Received: {name} of type {type(log).__name__}"
-            )
+        check_interactions(name, log)
         _ids(log.users, f"{name}.users", num_users)
         _ids(log.items, f"{name}.items", num_items)
     rows = np.unique(test.users)
@@ -330,8 +328,3 @@ def _ids(value: Any, name: str, bound: int | None) -> np.ndarray:
             f"first: {array[bad][:5].tolist()}"
         )
     return array
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise InvalidConfigError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
