@@ -48,7 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _store(ctx: Context, what: str, rows: int, shards: int, transport: str):
-    import shardemb.store
+    import shardemb.transport.channel
     from benchmarks.lookup_bench import create_store
     from shardemb import ShardResources
 
@@ -57,12 +57,12 @@ def _store(ctx: Context, what: str, rows: int, shards: int, transport: str):
     store = create_store(ctx, what, rows, DIM, shards, resources=ShardResources(num_cpus=0.01))
     if transport == "object_store":
         # Probe the channel now with shared memory reported missing: rows go through Ray.
-        real = shardemb.store.shm_available
-        shardemb.store.shm_available = lambda: False
+        real = shardemb.transport.channel.shm_available
+        shardemb.transport.channel.shm_available = lambda: False
         try:
             store._channel()
         finally:
-            shardemb.store.shm_available = real
+            shardemb.transport.channel.shm_available = real
     return store
 
 

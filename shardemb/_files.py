@@ -1,20 +1,15 @@
-"""Local-file helpers shared by every layer."""
+"""Local-file helpers shared by every layer: fsync and atomic writes."""
 
 from __future__ import annotations
 
 import os
 
 
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """Make a rename inside ``path`` durable (a no-op where folders can't be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
+def fsync(path: str | os.PathLike[str], *, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or with ``directory`` a folder whose entries changed) to disk."""
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
     try:
         os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 
@@ -27,6 +22,13 @@ def atomic_write(
 
     ``tmp`` names the temporary file (default: ``PATH.tmp-PID``). ``before_rename`` (no
     arguments) runs between the fsync and the rename; crash tests use it.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "state.json")
+        >>> atomic_write(path, '{"ok": true}')
+        >>> open(path).read()
+        '{"ok": true}'
     """
     path = os.fspath(path)
     tmp = tmp or f"{path}.tmp-{os.getpid()}"
@@ -43,4 +45,4 @@ def atomic_write(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    fsync_dir(os.path.dirname(path) or ".")
+    fsync(os.path.dirname(os.path.abspath(path)), directory=True)

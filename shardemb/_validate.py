@@ -35,7 +35,11 @@ def check_int(
     if optional and value is None:
         return
     if not is_int(value) or value < minimum or (maximum is not None and value > maximum):
-        bound = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+        bound = (
+            f"an integer >= {minimum}"
+            if maximum is None
+            else f"an integer in [{minimum}, {maximum}]"
+        )
         raise InvalidConfigError(
             f"`{name}` must be {bound}{' or None' if optional else ''}. "
             f"Received: {name}={value!r} (of type {type(value).__name__})"

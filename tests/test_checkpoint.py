@@ -129,7 +129,7 @@ def test_reshard_keeps_rows_and_slots(
     old_n, old_p, new_n, new_p, optimizer, tmp_path, table_name, monkeypatch
 ):
     # Tiny chunks and read windows: blocks span several windows and partial chunks.
-    monkeypatch.setattr(ckpt, "READ_WINDOW_BYTES", 1500)
+    monkeypatch.setattr(ckpt.reader, "READ_WINDOW_BYTES", 1500)
     with make_store(table_name, shards=old_n, partition=old_p, optimizer=optimizer) as store:
         train(store, batches(101, 6, 3))
         ckpt.save_store(store, str(tmp_path / "c"), chunk_rows=5)
@@ -264,7 +264,7 @@ def test_write_errors_name_the_path_and_commit_nothing(tmp_path, table_name, mon
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt._Chunks, "_write_chunk", disk_full)
+    monkeypatch.setattr(ckpt.chunks.ChunkIO, "_write_chunk", disk_full)
     with make_store(table_name) as store:
         with pytest.raises(
             CheckpointError,

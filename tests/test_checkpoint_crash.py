@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     from shardemb import CheckpointManager, EmbeddingStore
 
     root, stage = sys.argv[1], sys.argv[2]
-    ckpt.WRITE_BLOCK_BYTES = 256  # blocks of 2 chunks: "mid_chunks" is mid-shard
+    ckpt.writer.WRITE_BLOCK_BYTES = 256  # blocks of 2 chunks: "mid_chunks" is mid-shard
     store = EmbeddingStore.create("crash", 101, 8, num_shards=2, optimizer="adam", seed=4,
                                   backend="inprocess")
     rng = np.random.default_rng(0)
@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent(
     dump("expected-1.npz")
     push(2)
     dump("expected-2.npz")
-    os.environ[ckpt.KILL_ENV] = stage
+    os.environ[ckpt.format.KILL_ENV] = stage
     mgr.save(store, 2)
     print("survived", flush=True)
     """
@@ -71,7 +71,7 @@ STAGES = {
 def crashed(tmp_path_factory):
     """Stage -> folder of a save killed at that stage."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop(ckpt.KILL_ENV, None)
+    env.pop(ckpt.format.KILL_ENV, None)
     runs = {}
     for stage in STAGES:
         root = tmp_path_factory.mktemp(stage)

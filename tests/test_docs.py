@@ -2,27 +2,19 @@
 
 import doctest
 import importlib
+import pkgutil
 
 import pytest
 
-MODULES = [
-    "shardemb",
-    "shardemb.errors",
-    "shardemb.core.partition",
-    "shardemb.core.initializers",
-    "shardemb.core.optimizers",
-    "shardemb.core.config",
-    "shardemb.core.router",
-    "shardemb.shard.storage",
-    "shardemb.transport.shm",
-    "shardemb.shard.shard",
-    "shardemb.transport.placement",
-    "shardemb.store",
-    "shardemb.checkpoint",
-    "shardemb.keras.layer",
-    "shardemb.recsys.data",
-    "shardemb.recsys.metrics",
-]
+import shardemb
+
+# Every module of the package: examples in a new or moved module run without a list to
+# keep up to date. ``__main__`` modules run a command when imported.
+MODULES = sorted(
+    m.name
+    for m in pkgutil.walk_packages(shardemb.__path__, "shardemb.")
+    if not m.name.endswith("__main__")
+)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -56,7 +56,7 @@ def test_lookup_equals_table_rows(backend_name, partition, num_shards, table_nam
 
 
 def test_large_lookup_is_chunked(monkeypatch, table_name, rng):
-    monkeypatch.setattr(shardemb.store, "LOOKUP_CHUNK_IDS", 64)
+    monkeypatch.setattr(shardemb.store.embedding_store, "LOOKUP_CHUNK_IDS", 64)
     with EmbeddingStore.create(
         table_name, 300, 4, num_shards=3, seed=1, backend="inprocess"
     ) as store:

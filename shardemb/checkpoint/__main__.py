@@ -1,7 +1,7 @@
-"""``python -m shardemb.checkpoint``: the same as ``shardemb checkpoint``."""
+"""``python -m shardemb.checkpoint inspect PATH``: the same as ``shardemb checkpoint``."""
 
 import sys
 
-from shardemb.checkpoint import main
+from shardemb.cli import main
 
-sys.exit(main())
+sys.exit(main(["checkpoint", *sys.argv[1:]]))

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shardemb.errors import InvalidConfigError
 from shardemb.core.initializers import Initializer, get_initializer
 from shardemb.core.optimizers import SparseOptimizer, get_optimizer
 from shardemb.core.partition import Partition
+from shardemb.errors import InvalidConfigError
 
 __all__ = ["DEVICES", "DTYPES", "TableConfig"]
 

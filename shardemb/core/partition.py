@@ -54,6 +54,19 @@ class Partition:
             )
 
     # -- sizes ------------------------------------------------------------------------
+    def global_slice(self, shard: int, start: int, stop: int) -> slice:
+        """Global rows of local rows ``[start, stop)`` of ``shard`` as a slice (no copy).
+
+        Example:
+            >>> Partition("mod", 10, 3).global_slice(1, 0, 3)
+            slice(1, 8, 3)
+        """
+        if self.kind == "mod":
+            n = self.num_shards
+            return slice(start * n + shard, (stop - 1) * n + shard + 1, n)
+        base = int(self.shard_starts()[shard])
+        return slice(base + start, base + stop)
+
     def shard_sizes(self) -> np.ndarray:
         """Rows held by each shard, shape ``(num_shards,)``. Both schemes give equal sizes
         up to one row, the larger shards first."""

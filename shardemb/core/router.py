@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shardemb.errors import InvalidGradientError, InvalidIdsError
 from shardemb.core.partition import Partition, ShardSplit
+from shardemb.errors import InvalidGradientError, InvalidIdsError
 
 __all__ = ["Deduplicator", "LookupPlan", "assemble", "check_grads", "check_ids", "plan_lookup"]
 
@@ -143,13 +143,17 @@ def plan_lookup(
     return LookupPlan(flat_ids.size, partition.split(flat_ids), None)
 
 
-def assemble(plan: LookupPlan, grouped: np.ndarray, *, owned: bool = True) -> np.ndarray:
+def assemble(
+    plan: LookupPlan, grouped: np.ndarray, *, owned: bool = True, placed: bool = False
+) -> np.ndarray:
     """Rows in the order the ids were asked, from ``grouped``: the shards' answers one
     after the other, in shard order (``plan.split`` order). ``owned=False`` means
-    ``grouped`` is a buffer that will be reused, so the result must not be a view of it."""
+    ``grouped`` is a buffer that will be reused, so the result must not be a view of it.
+    ``placed`` means the shards already wrote each row at its asked position (or, for a
+    deduplicated plan, at its distinct id's position): only the un-dedup remains."""
     if plan.inverse is not None:
         return np.take(grouped, plan.inverse, axis=0)
-    if plan.split.bounds.size == 2:  # one shard: grouped order is the asked order
+    if placed or plan.split.bounds.size == 2:  # grouped order is already the asked order
         return grouped if owned else grouped.copy()
     out = np.empty_like(grouped)
     out[plan.split.order] = grouped

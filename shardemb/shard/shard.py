@@ -24,7 +24,6 @@ import numpy as np
 
 from shardemb.core.config import TableConfig
 from shardemb.errors import InvalidGradientError, InvalidIdsError
-from shardemb.transport.shm import AttachedBuffers
 from shardemb.shard.storage import make_storage
 
 __all__ = ["INIT_BLOCK_ROWS", "Shard", "sum_duplicates"]
@@ -41,8 +40,6 @@ class Shard:
         self.index = int(index)
         self.num_rows = int(config.partition.shard_sizes()[index])
         self.step = 0
-        self._buffers = AttachedBuffers()
-        self._itemsize = np.dtype(config.dtype).itemsize
         kind, dtype, device = config.storage, config.dtype, _tf_device(config.device)
         self.weights = make_storage(kind, self.num_rows, config.dim, dtype, device)
         self.slots = {
@@ -65,7 +62,7 @@ class Shard:
     # -- serving ----------------------------------------------------------------------
     def lookup(self, local: np.ndarray) -> np.ndarray:
         """Rows at ``local`` (any order, duplicates allowed), as a numpy array."""
-        local = self._check_rows(local)
+        local = self.check_rows(local)
         return self.weights.host(self.weights.gather(local))
 
     def apply_gradients(self, local: np.ndarray, grads: np.ndarray) -> None:
@@ -74,7 +71,7 @@ class Shard:
         Every call counts as one step, also an empty one, so all shards of a table agree
         on the step (Adam's bias correction uses it).
         """
-        local = self._check_rows(local)
+        local = self.check_rows(local)
         grads = np.asarray(grads)
         if grads.shape != (local.size, self.config.dim):
             raise InvalidGradientError(
@@ -93,45 +90,6 @@ class Shard:
         w.scatter(rows, new_rows)
         for k, v in new_slots.items():
             self.slots[k].scatter(rows, v)
-
-    # -- the same, through a router's shared memory (shardemb.transport.shm) ------------------------
-    def lookup_shm(self, names: tuple[str, str, str], start: int, stop: int) -> int:
-        """Serve ``ids[start:stop]`` of the router's buffers: write the row of each to
-        ``out[pos[i]]``. ``names`` are the ids, positions and output buffers."""
-        ids_name, pos_name, out_name = names
-        local = self._check_rows(self._shm_ids(ids_name, start, stop))
-        pos = self._shm_ids(pos_name, start, stop)
-        out_buf = self._buffers.get(out_name)
-        dim = self.config.dim
-        out = out_buf.array(self.config.dtype, (out_buf.size // (dim * self._itemsize), dim))
-        if pos.size and (pos.min() < 0 or pos.max() >= len(out)):
-            raise InvalidIdsError(f"Shard {self.index}: output positions out of range.")
-        # Gather here, then scatter into the router's output: both run in this process, in
-        # parallel with the other shards; the router makes one copy (or one un-dedup take).
-        out[pos] = self.weights.host(self.weights.gather(local))
-        return stop - start
-
-    def apply_gradients_shm(self, ids_name: str, grads_name: str, start: int, stop: int) -> None:
-        """:meth:`apply_gradients` with ids and gradients read from the router's buffers."""
-        local = self._shm_ids(ids_name, start, stop).copy()
-        dim = self.config.dim
-        grads = self._buffers.get(grads_name).array(
-            self.config.dtype, (stop - start, dim), offset=start * dim * self._itemsize
-        )
-        self.apply_gradients(local, grads.copy())
-
-    def probe_shm(self, name: str) -> bytes:
-        """The first 16 bytes of the router's probe buffer (``b""`` if it cannot be seen)."""
-        try:
-            buf = self._buffers.get(name)
-        except OSError:
-            return b""
-        token = bytes(buf.array(np.uint8, (16,)))
-        self._buffers.forget(name)
-        return token
-
-    def _shm_ids(self, name: str, start: int, stop: int) -> np.ndarray:
-        return self._buffers.get(name).array(np.int64, (stop - start,), offset=start * 8)
 
     def write_rows(self, start: int, values: np.ndarray) -> None:
         """Overwrite contiguous local rows from ``start`` (``set_weights``); slots are kept."""
@@ -181,7 +139,8 @@ class Shard:
         work without the shard importing them. ``fn`` must be a module-level function."""
         return fn(self, *args)
 
-    def _check_rows(self, local) -> np.ndarray:
+    def check_rows(self, local) -> np.ndarray:
+        """``local`` as int64 local rows of this shard; raises on anything else."""
         local = np.asarray(local)
         if local.ndim != 1 or local.dtype.kind not in "iu":
             raise InvalidIdsError(

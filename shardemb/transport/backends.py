@@ -28,6 +28,7 @@ from shardemb.errors import (
     TableNotFoundError,
 )
 from shardemb.shard.shard import Shard
+from shardemb.transport.endpoint import SharedMemoryEndpoint
 
 __all__ = ["BACKENDS", "InProcessBackend", "RayBackend", "ShardResources", "get_backend"]
 
@@ -94,7 +95,7 @@ class InProcessBackend:
             self._tables[config.name] = shards
         return shards
 
-    def attach(self, name: str) -> tuple[TableConfig, list]:
+    def attach(self, name: str) -> tuple[TableConfig, list, bool]:
         shards = self._tables.get(name)
         if shards is None:
             raise TableNotFoundError(f"No table named {name!r} in this process.")
@@ -245,7 +246,7 @@ class RayBackend:
             return False
         return True
 
-    def attach(self, name: str) -> tuple[TableConfig, list]:
+    def attach(self, name: str) -> tuple[TableConfig, list, bool]:
         ray = self._ray
         try:
             first = ray.get_actor(actor_name(name, 0), namespace=NAMESPACE)
@@ -319,8 +320,9 @@ class RayBackend:
         return self.get([h.node.remote() for h in handles], timeout=60)
 
 
-class _ShardActor(Shard):
-    """The shard as a Ray actor: adds what only makes sense inside Ray."""
+class _ShardActor(SharedMemoryEndpoint, Shard):
+    """The shard as a Ray actor: adds what only makes sense inside Ray (shared memory with
+    the router, its config and node for ``connect`` and ``placement``)."""
 
     def __init__(
         self, config: TableConfig, index: int, *, initialize: bool = True, detached: bool = False

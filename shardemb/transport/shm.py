@@ -12,10 +12,10 @@ resource tracker unlinks segments when an attaching process exits (Python < 3.13
 
 Example:
     >>> import numpy as np
-    >>> buf = SharedBuffer.create(1024)
+    >>> buf = ShmSegment.create(1024)
     >>> view = buf.array(np.float32, (4, 2))
     >>> view[:] = 1.0
-    >>> other = SharedBuffer.attach(buf.name)
+    >>> other = ShmSegment.attach(buf.name)
     >>> float(other.array(np.float32, (4, 2)).sum())
     8.0
     >>> other.close(); buf.close()
@@ -32,7 +32,7 @@ import uuid
 
 import numpy as np
 
-__all__ = ["SHM_DIR", "AttachedBuffers", "SharedBuffer", "shm_available"]
+__all__ = ["SHM_DIR", "SegmentCache", "ShmSegment", "shm_available"]
 
 SHM_DIR = "/dev/shm"
 _PREFIX = "shardemb-"
@@ -84,14 +84,14 @@ def shm_available() -> bool:
     return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
 
 
-class SharedBuffer:
+class ShmSegment:
     """A named, file-backed shared memory region."""
 
     def __init__(self, name: str, size: int, mm: mmap.mmap, owner: bool):
         self.name, self.size, self._mm, self._owner = name, size, mm, owner
 
     @classmethod
-    def create(cls, size: int) -> SharedBuffer:
+    def create(cls, size: int) -> ShmSegment:
         if not _swept:
             _sweep_stale()
         size = max(int(size), mmap.PAGESIZE)
@@ -108,7 +108,7 @@ class SharedBuffer:
         return cls(name, size, mm, owner=True)
 
     @classmethod
-    def attach(cls, name: str) -> SharedBuffer:
+    def attach(cls, name: str) -> ShmSegment:
         if not name.startswith(_PREFIX) or "/" in name:
             raise ValueError(f"not a shardemb buffer name: {name!r}")
         fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
@@ -141,17 +141,17 @@ class SharedBuffer:
             self._owner = False
 
 
-class AttachedBuffers:
+class SegmentCache:
     """A shard's cache of the routers' buffers it has mapped, least recently used out."""
 
     def __init__(self, capacity: int = 32):
         self.capacity = capacity
-        self._maps: collections.OrderedDict[str, SharedBuffer] = collections.OrderedDict()
+        self._maps: collections.OrderedDict[str, ShmSegment] = collections.OrderedDict()
 
-    def get(self, name: str) -> SharedBuffer:
+    def get(self, name: str) -> ShmSegment:
         buf = self._maps.get(name)
         if buf is None:
-            buf = SharedBuffer.attach(name)
+            buf = ShmSegment.attach(name)
             self._maps[name] = buf
             while len(self._maps) > self.capacity:
                 _, old = self._maps.popitem(last=False)

@@ -1,0 +1,185 @@
+"""Where a checkpoint lives: a local folder (fsync, atomic rename) or an fsspec URL."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from shardemb._files import atomic_write, fsync
+from shardemb.checkpoint.format import MANIFEST, maybe_kill
+from shardemb.errors import CheckpointError, InvalidConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a checkpoint (or a manager's root) lives; picklable, sent to shards."""
+
+    url: str
+    """The path as given (absolute for local paths)."""
+    local: str | None
+    """The local folder, or ``None`` for other filesystems."""
+    protocol: str
+    """fsspec protocol (``"file"``, ``"memory"``, ``"s3"``...)."""
+
+    @classmethod
+    def of(cls, path: str) -> Location:
+        if not isinstance(path, str | os.PathLike) or not str(path):
+            raise InvalidConfigError(
+                f"`path` must be a non-empty folder path or URL. Received: path={path!r}"
+            )
+        path = os.fspath(path)
+        if "://" not in path:
+            return cls(os.path.abspath(path), os.path.abspath(path), "file")
+        protocol = path.split("://", 1)[0]
+        if protocol in ("file", "local"):
+            local = os.path.abspath(path.split("://", 1)[1])
+            return cls(local, local, "file")
+        return cls(path.rstrip("/"), None, protocol)
+
+    def check_backend(self, backend: str) -> None:
+        if self.protocol == "memory" and backend != "inprocess":
+            raise InvalidConfigError(
+                "memory:// filesystems live in one process: use them with backend='inprocess'"
+                f" only. Received: path={self.url!r}, backend={backend!r}"
+            )
+
+    # -- paths --------------------------------------------------------------------------
+    def child(self, name: str) -> str:
+        return os.path.join(self.local, name) if self.local else f"{self.url}/{name}"
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.local, *name.split("/"))
+
+    def _fs(self):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.url)
+        return fs, root.rstrip("/")
+
+    def zarr_store(self, read_only: bool = False):
+        from zarr.storage import FsspecStore, LocalStore
+
+        if self.local:
+            return LocalStore(self.local, read_only=read_only)
+        return FsspecStore.from_url(self.url, read_only=read_only)
+
+    # -- queries ------------------------------------------------------------------------
+    def exists(self) -> bool:
+        if self.local:
+            return os.path.isdir(self.local)
+        fs, root = self._fs()
+        return fs.exists(root)
+
+    def has(self, name: str) -> bool:
+        if self.local:
+            return os.path.exists(self.file(name))
+        fs, root = self._fs()
+        return fs.exists(f"{root}/{name}")
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            if self.local:
+                with open(self.file(name), "rb") as f:
+                    return f.read()
+            fs, root = self._fs()
+            return fs.cat_file(f"{root}/{name}")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def listdir(self) -> list[str]:
+        if self.local:
+            return os.listdir(self.local) if os.path.isdir(self.local) else []
+        fs, root = self._fs()
+        if not fs.exists(root):
+            return []
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """``{path relative to prefix: size}`` of every file under ``prefix``."""
+        if self.local:
+            top = self.file(prefix) if prefix else self.local
+            out = {}
+            for folder, _, names in os.walk(top):
+                rel = os.path.relpath(folder, top).replace(os.sep, "/")
+                for n in names:
+                    key = n if rel == "." else f"{rel}/{n}"
+                    out[key] = os.path.getsize(os.path.join(folder, n))
+            return out
+        fs, root = self._fs()
+        top = f"{root}/{prefix}" if prefix else root
+        if not fs.exists(top):
+            return {}
+        top = fs._strip_protocol(top).rstrip("/")
+        found = fs.find(top, detail=True)
+        return {p[len(top) :].lstrip("/"): info["size"] for p, info in found.items()}
+
+    # -- changes ------------------------------------------------------------------------
+    def prepare_empty(self) -> None:
+        """Make the folder exist and be empty; an old checkpoint there stops being one
+        first, a folder of other files is refused."""
+        if self.local and os.path.exists(self.local) and not os.path.isdir(self.local):
+            raise CheckpointError(f"Refusing to save into {self.url!r}: it is a file.")
+        names = self.listdir()
+        if names:
+            if not {MANIFEST, "zarr.json", f"{MANIFEST}.tmp"} & set(names):
+                raise CheckpointError(
+                    f"Refusing to save into {self.url!r}: it holds files that are not a "
+                    f"shardemb checkpoint ({sorted(names)[:5]})."
+                )
+            self.uncommit()
+            self.remove()
+        if self.local:
+            os.makedirs(self.local, exist_ok=True)
+            fsync(os.path.dirname(self.local), directory=True)
+
+    def commit(self, name: str, data: bytes, kill_at: str | None) -> None:
+        """Write ``name`` atomically: temporary file, fsync, rename, fsync the folder."""
+        tmp = f"{name}.tmp"
+        if self.local:
+            atomic_write(
+                self.file(name),
+                data,
+                tmp=self.file(tmp),
+                before_rename=lambda: maybe_kill("manifest_tmp", kill_at),
+            )
+            return
+        fs, root = self._fs()
+        fs.pipe_file(f"{root}/{tmp}", data)
+        maybe_kill("manifest_tmp", kill_at)
+        fs.mv(f"{root}/{tmp}", f"{root}/{name}")
+
+    def uncommit(self) -> None:
+        """Remove the manifest (durably): the folder stops being a checkpoint."""
+        if self.local:
+            try:
+                os.remove(self.file(MANIFEST))
+            except FileNotFoundError:
+                return
+            fsync(self.local, directory=True)
+        elif self.has(MANIFEST):
+            fs, root = self._fs()
+            fs.rm_file(f"{root}/{MANIFEST}")
+
+    def remove(self) -> None:
+        if self.local:
+            import shutil
+
+            shutil.rmtree(self.local, ignore_errors=True)
+        elif self.exists():
+            fs, root = self._fs()
+            fs.rm(root, recursive=True)
+
+    def fsync_tree(self, prefix: str = "", files: bool = True) -> None:
+        """fsync files (optionally) and folders under ``prefix``, deepest first, and the
+        folders above it (local disks only: other filesystems have no fsync)."""
+        if not self.local:
+            return
+        top = self.file(prefix) if prefix else self.local
+        for folder, _, names in os.walk(top, topdown=False):
+            if files:
+                for n in names:
+                    fsync(os.path.join(folder, n))
+            fsync(folder, directory=True)
+        while prefix:
+            prefix = prefix.rpartition("/")[0]
+            fsync(self.file(prefix) if prefix else self.local, directory=True)

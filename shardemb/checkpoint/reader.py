@@ -1,0 +1,288 @@
+"""Reading: verify a checkpoint, read it whole, restore a table or refill one shard."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shardemb.checkpoint.chunks import ChunkIO, why
+from shardemb.checkpoint.format import (
+    READ_WINDOW_BYTES,
+    array_shapes,
+    layout_of,
+    read_manifest,
+)
+from shardemb.checkpoint.location import Location
+from shardemb.core.config import TableConfig
+from shardemb.core.partition import Partition
+from shardemb.errors import CheckpointCorruptError, InvalidConfigError, ShardembError
+
+#: Creates an empty table for :func:`restore_store`: ``factory(config, **runtime)``. The
+#: store layer (above this one) registers it, so the checkpoint layer never imports it.
+_table_factory = None
+
+
+def register_table_factory(factory) -> None:
+    """Set how :func:`restore_store` creates tables (``shardemb.store`` calls this)."""
+    global _table_factory
+    _table_factory = factory
+
+
+def verify_checkpoint(
+    path: str, *, expected_table: str | None = None, read_data: bool = False
+) -> dict:
+    """Check the checkpoint at ``path`` and return its manifest: the manifest, then each
+    array's metadata (shape, dtype, chunks) and the presence and size of every chunk
+    (a listing, no data read); with ``read_data`` also every chunk's checksum.
+
+    Raises :class:`~shardemb.CheckpointCorruptError` naming the array and what is wrong.
+    """
+    import zarr
+
+    m = read_manifest(path, expected_table=expected_table)
+    loc = Location.of(path)
+    files = loc.sizes("shards")
+    zstore = loc.zarr_store(read_only=True)
+    for name, shape in array_shapes(m).items():
+        try:
+            arr = zarr.open_array(zstore, path=name, mode="r")
+        except Exception as err:  # noqa: BLE001 - any failure here means damage
+            raise CheckpointCorruptError(
+                f"Checkpoint {path!r}: array {name!r} cannot be opened: {why(err)}"
+            ) from None
+        chunks = [m["chunk_rows"], shape[1]]
+        if list(arr.shape) != shape or list(arr.chunks) != chunks or arr.dtype != m["dtype"]:
+            raise CheckpointCorruptError(
+                f"Checkpoint {path!r}: array {name!r} has shape {list(arr.shape)}, chunks "
+                f"{list(arr.chunks)}, dtype {arr.dtype}; the manifest says shape {shape}, "
+                f"chunks {chunks}, dtype {m['dtype']}."
+            )
+        rel = name.removeprefix("shards/")
+        nchunks = -(-shape[0] // chunks[0])
+        missing = [f"c/{i}/0" for i in range(nchunks) if f"{rel}/c/{i}/0" not in files]
+        if missing:
+            raise CheckpointCorruptError(
+                f"Checkpoint {path!r}: array {name!r} is missing {len(missing)} of {nchunks} "
+                f"chunks ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})."
+            )
+        if not m.get("compression"):
+            size = chunks[0] * shape[1] * np.dtype(m["dtype"]).itemsize + (
+                4 if m.get("checksum") else 0
+            )
+            bad = [f"c/{i}/0" for i in range(nchunks) if files[f"{rel}/c/{i}/0"] != size]
+            if bad:
+                raise CheckpointCorruptError(
+                    f"Checkpoint {path!r}: array {name!r} has chunks of the wrong size "
+                    f"({', '.join(bad[:5])}); each should be {size} bytes."
+                )
+    if read_data:
+        with ChunkIO(loc, path, **layout_of(m)) as io:
+            for name, (rows, width) in array_shapes(m).items():
+                window = max(m["chunk_rows"], READ_WINDOW_BYTES // (width * 8))
+                window -= window % m["chunk_rows"]
+                buf = np.empty((min(window, rows), width), m["dtype"])
+                for start in range(0, rows, window):
+                    stop = min(start + window, rows)
+                    io.read(name, rows, start, stop, buf[: stop - start])
+    return m
+
+
+def read_table(path: str, *, slot: str | None = None) -> np.ndarray:
+    """The whole saved table (or optimizer ``slot``) as one numpy array, in global row
+    order: reads every shard's array here (for inspection and export, not restore).
+
+    Example:
+        >>> import os, tempfile, shardemb
+        >>> s = shardemb.EmbeddingStore.create("doc-read", 10, 3, num_shards=2,
+        ...                                    optimizer="adagrad", backend="inprocess")
+        >>> path = os.path.join(tempfile.mkdtemp(), "c")
+        >>> _ = s.save(path)
+        >>> acc = read_table(path, slot="accumulator")  # Adagrad's, untouched so far
+        >>> read_table(path).shape, acc.shape, bool((acc == acc.dtype.type(0.1)).all())
+        ((10, 3), (10, 3), True)
+        >>> s.close()
+    """
+    m = verify_checkpoint(path)
+    if slot is not None and slot not in m["slots"]:
+        raise InvalidConfigError(
+            f"`slot` must be one of {sorted(m['slots'])} for checkpoint {path!r}. "
+            f"Received: slot={slot!r}"
+        )
+    kind = "weights" if slot is None else f"slots/{slot}"
+    width = m["shape"][1] if slot is None else m["slots"][slot]
+    part = Partition(m["partition"], m["shape"][0], m["num_shards"])
+    out = np.empty((m["shape"][0], width), m["dtype"])
+    with ChunkIO(Location.of(path), path, **layout_of(m)) as io:
+        for s, rows in enumerate(m["shard_rows"]):
+            block = np.empty((rows, width), m["dtype"])
+            out[part.global_rows(s)] = io.read(f"shards/{s}/{kind}", rows, 0, rows, block)
+    return out
+
+
+def restore_store(
+    path: str,
+    *,
+    name: str | None = None,
+    num_shards: int | None = None,
+    partition: str | None = None,
+    expected_table: str | None = None,
+    **runtime,
+):
+    """Rebuild the table saved at ``path`` on ``num_shards`` shards with ``partition``
+    (default: as saved) under ``name`` (default: the saved name); ``runtime`` are
+    :meth:`EmbeddingStore.create`'s ``backend``, ``address``, ``resources``, ``detached``,
+    ``timeout``. Rows, slots and step come back bit for bit: training continues exactly.
+
+    Each new shard reads the saved arrays holding its rows, a bounded window at a time.
+    Raises :class:`~shardemb.CheckpointNotFoundError` or
+    :class:`~shardemb.CheckpointCorruptError` (see :func:`verify_checkpoint`).
+
+    Example:
+        >>> import os, tempfile, shardemb
+        >>> s = shardemb.EmbeddingStore.create("doc-restore", 10, 2, num_shards=2,
+        ...                                    backend="inprocess")
+        >>> path = os.path.join(tempfile.mkdtemp(), "c")
+        >>> _ = s.save(path)
+        >>> r = shardemb.EmbeddingStore.restore(path, name="doc-restored", num_shards=3,
+        ...                                     partition="div", backend="inprocess")
+        >>> bool((r.to_numpy() == s.to_numpy()).all()), r.num_shards
+        (True, 3)
+        >>> r.close(); s.close()
+    """
+    m = verify_checkpoint(path, expected_table=expected_table)
+    table = dict(m["table"])
+    table["name"] = m["name"] if name is None else name
+    table["num_shards"] = m["num_shards"] if num_shards is None else num_shards
+    table["partition"] = m["partition"] if partition is None else partition
+    cfg = TableConfig.from_dict(table)  # validates name, num_shards, partition
+    loc = Location.of(path)
+    loc.check_backend(runtime.get("backend", "ray"))
+    if _table_factory is None:
+        raise RuntimeError("import shardemb first: no table factory is registered")
+    store = _table_factory(cfg, **runtime)
+    try:
+        store.shard_call(read_shard, loc, *read_args(m, path))
+    except BaseException:
+        try:
+            store.close()
+        except ShardembError:
+            pass  # the read error says more
+        raise
+    store.last_checkpoint = path
+    return store
+
+
+def load_shard(store, index: int, path: str, *, step: int | None = None) -> int:
+    """Refill shard ``index`` of ``store`` (e.g. a restarted, empty one) with its rows,
+    slots and step from the checkpoint at ``path``, saved with any sharding; returns the
+    checkpoint's step. The other shards are not touched. ``step`` sets the shard's step
+    instead (e.g. the other shards' one: saves need all shards on the same step).
+
+    Example:
+        >>> import os, tempfile, shardemb
+        >>> s = shardemb.EmbeddingStore.create("doc-load", 10, 2, num_shards=2,
+        ...                                    backend="inprocess")
+        >>> path = os.path.join(tempfile.mkdtemp(), "c")
+        >>> _ = s.save(path)
+        >>> load_shard(s, 1, path)
+        0
+        >>> s.close()
+    """
+    m = verify_checkpoint(path)
+    cfg = store.config
+    slots = {k: w for k, (w, _) in cfg.optimizer.slot_specs(cfg.dim).items()}
+    if (m["shape"], m["dtype"], m["slots"]) != ([cfg.vocab_size, cfg.dim], cfg.dtype, slots):
+        raise CheckpointCorruptError(
+            f"Checkpoint {path!r} holds a {m['shape']} {m['dtype']} table with slots "
+            f"{m['slots']}; table {cfg.name!r} is {[cfg.vocab_size, cfg.dim]} {cfg.dtype} "
+            f"with slots {slots}."
+        )
+    if not 0 <= index < cfg.num_shards:
+        raise InvalidConfigError(
+            f"`index` must be a shard of table {cfg.name!r} (0 to {cfg.num_shards - 1}). "
+            f"Received: index={index!r}"
+        )
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int | np.integer)):
+        raise InvalidConfigError(f"`step` must be an integer or None. Received: step={step!r}")
+    loc = Location.of(path)
+    loc.check_backend(store.backend_name)
+    source, window_rows, path = read_args(m, path)
+    if step is not None:
+        source["step"] = int(step)
+    store.shard_call(read_shard, loc, source, window_rows, path, only=index)
+    return int(m["step"])
+
+
+def read_args(m: dict, path: str) -> tuple:
+    """What :func:`read_shard` needs to know of checkpoint ``m``."""
+    source = {k: m[k] for k in ("shape", "num_shards", "partition", "shard_rows", "slots", "step")}
+    source.update(layout_of(m))
+    row_bytes = (m["shape"][1] + sum(m["slots"].values())) * np.dtype(m["dtype"]).itemsize
+    window_rows = max(m["chunk_rows"], READ_WINDOW_BYTES // row_bytes)
+    return source, window_rows, str(path)
+
+
+def read_shard(shard, loc: Location, src: dict, window_rows: int, path: str) -> int:
+    """Shard side of a restore: fill this shard's rows and slots from the saved shards'
+    arrays, reading for each block of its rows the window of saved rows that holds them."""
+    old = Partition(src["partition"], src["shape"][0], src["num_shards"])
+    new = shard.config.partition
+    widths = {"weights": src["shape"][1], **{f"slots/{k}": w for k, w in src["slots"].items()}}
+    chunk_rows = src["chunk_rows"]
+    # Rows of a new mod shard are spread over N times their count of saved rows.
+    spread = new.num_shards if new.kind == "mod" and old != new else 1
+    block = max(1, window_rows // spread)
+    block = max(chunk_rows, block - block % chunk_rows) if block >= chunk_rows else block
+    buffers: dict = {}
+
+    def buffer(key, rows: int, width: int) -> np.ndarray:
+        buf = buffers.get(key)
+        if buf is None or len(buf) < rows:
+            buf = buffers[key] = np.empty((rows, width), src["dtype"])
+        return buf[:rows]
+
+    storages = {"weights": shard.weights, **{f"slots/{k}": shard.slots[k] for k in src["slots"]}}
+    layout = {k: src[k] for k in ("dtype", "chunk_rows", "compression", "checksum")}
+    with ChunkIO(loc, path, **layout) as chunks:
+        for start in range(0, shard.num_rows, block):
+            stop = min(start + block, shard.num_rows)
+            if old == new:
+                local, owner, sources = np.arange(start, stop), None, np.array([shard.index])
+            else:
+                glob = new.global_rows(shard.index, np.arange(start, stop))
+                owner = old.shard_of(glob)
+                local = old.local_rows(glob, owner)
+                sources = np.flatnonzero(np.bincount(owner, minlength=old.num_shards))
+            # Read straight into the shard's rows when they are in host memory.
+            dest = {k: st.view(start, stop) for k, st in storages.items()}
+            in_place = all(v is not None for v in dest.values())
+            if not in_place:
+                dest = {k: buffer(("block", k), stop - start, w) for k, w in widths.items()}
+            for s in sources.tolist():
+                sel = slice(None) if sources.size == 1 else _as_slice(np.flatnonzero(owner == s))
+                rows = local[sel]
+                lo, hi = int(rows[0]), int(rows[-1]) + 1  # increasing: both maps are monotone
+                pick = _as_slice(rows - lo)  # mod and div give strided rows: no fancy indexing
+                for kind, width in widths.items():
+                    name, num = f"shards/{s}/{kind}", src["shard_rows"][s]
+                    if sources.size == 1 and hi - lo == rows.size:
+                        chunks.read(name, num, lo, hi, dest[kind])
+                    else:
+                        window = chunks.read(
+                            name, num, lo, hi, buffer(("window", kind), hi - lo, width)
+                        )
+                        dest[kind][sel] = window[pick]
+            if not in_place:
+                slots = {k.removeprefix("slots/"): v for k, v in dest.items() if k != "weights"}
+                shard.write_block(start, dest["weights"], slots, src["step"])
+    shard.step = int(src["step"])
+    return shard.num_rows
+
+
+def _as_slice(positions: np.ndarray) -> slice | np.ndarray:
+    """``positions`` (increasing) as a slice when they are evenly spaced."""
+    if positions.size == 1:
+        return slice(int(positions[0]), int(positions[0]) + 1)
+    step = int(positions[1] - positions[0])
+    if step > 0 and (np.diff(positions) == step).all():
+        return slice(int(positions[0]), int(positions[-1]) + 1, step)
+    return positions
