@@ -14,7 +14,7 @@ load on first use, so shard actors and pure-numpy users never pay for it.
 
 from __future__ import annotations
 
-from shardemb.transport.backends import ShardResources
+from shardemb.core.optimizers import SGD, Adagrad, Adam, Ftrl, RowWiseAdagrad, SparseOptimizer
 from shardemb.errors import (
     CapacityError,
     CheckpointCorruptError,
@@ -33,15 +33,15 @@ from shardemb.errors import (
     TableExistsError,
     TableNotFoundError,
 )
-from shardemb.core.optimizers import SGD, Adagrad, Adam, Ftrl, RowWiseAdagrad, SparseOptimizer
 from shardemb.store import EmbeddingStore
+from shardemb.transport.backends import ShardResources
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "ShardedEmbedding": "shardemb.keras.layer",
     "CheckpointManager": "shardemb.checkpoint",
-    "TableCheckpoint": "shardemb.keras.layer",
+    "TableCheckpoint": "shardemb.keras.callbacks",
 }
 
 __all__ = [

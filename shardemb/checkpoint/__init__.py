@@ -55,7 +55,8 @@ Plain zarr and numpy read it back:
     True
     >>> store.close()
 
-Modules: :mod:`~shardemb.checkpoint.format` (manifest, constants),
+Modules: :mod:`~shardemb.checkpoint.format` (constants, codecs),
+:mod:`~shardemb.checkpoint.manifest` (the manifest and its checks),
 :mod:`~shardemb.checkpoint.location` (local folder or fsspec URL),
 :mod:`~shardemb.checkpoint.chunks` (chunk I/O), :mod:`~shardemb.checkpoint.writer`,
 :mod:`~shardemb.checkpoint.reader`, :mod:`~shardemb.checkpoint.manager` and
@@ -63,9 +64,10 @@ Modules: :mod:`~shardemb.checkpoint.format` (manifest, constants),
 shards through the small interface :class:`~shardemb.checkpoint.shardset.ShardSet`.
 """
 
-from shardemb.checkpoint.format import FORMAT_VERSION, read_manifest
+from shardemb.checkpoint.format import FORMAT_VERSION
 from shardemb.checkpoint.inspect import inspect_path
 from shardemb.checkpoint.manager import CheckpointManager
+from shardemb.checkpoint.manifest import read_manifest
 from shardemb.checkpoint.reader import (
     load_shard,
     read_table,

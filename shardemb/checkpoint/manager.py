@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from shardemb._validate import check_positive_int
 from shardemb.checkpoint.format import MANIFEST, STEP_DIR, kill_stage, maybe_kill
 from shardemb.checkpoint.location import Location
 from shardemb.checkpoint.reader import restore_store
@@ -40,12 +41,7 @@ class CheckpointManager:
     def __init__(
         self, root: str, keep: int | None = 3, *, table: str | None = None, **save_options
     ):
-        if keep is not None and (
-            isinstance(keep, bool) or not isinstance(keep, int | np.integer) or keep < 1
-        ):
-            raise InvalidConfigError(
-                f"`keep` must be a positive integer or None (keep all). Received: keep={keep!r}"
-            )
+        check_positive_int("keep", keep, optional=True)  # None keeps all
         unknown = set(save_options) - {"chunk_rows", "compression", "checksum"}
         if unknown:
             raise InvalidConfigError(

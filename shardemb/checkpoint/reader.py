@@ -5,13 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from shardemb.checkpoint.chunks import ChunkIO, why
-from shardemb.checkpoint.format import (
-    READ_WINDOW_BYTES,
-    array_shapes,
-    layout_of,
-    read_manifest,
-)
+from shardemb.checkpoint.format import READ_WINDOW_BYTES, layout_of
 from shardemb.checkpoint.location import Location
+from shardemb.checkpoint.manifest import array_shapes, read_manifest
 from shardemb.core.config import TableConfig
 from shardemb.core.partition import Partition
 from shardemb.errors import CheckpointCorruptError, InvalidConfigError, ShardembError

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shardemb._validate import check_positive_int
 from shardemb.core.initializers import Initializer, get_initializer
 from shardemb.core.optimizers import SparseOptimizer, get_optimizer
 from shardemb.core.partition import Partition
@@ -77,11 +78,7 @@ class TableConfig:
                 f"Received: name={name!r}"
             )
         for arg, value in (("vocab_size", vocab_size), ("dim", dim), ("num_shards", num_shards)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-                raise InvalidConfigError(
-                    f"`{arg}` must be a positive integer. "
-                    f"Received: {arg}={value!r} (of type {type(value).__name__})"
-                )
+            check_positive_int(arg, value)
         dtype = np.dtype(dtype).name if _is_dtype(dtype) else str(dtype)
         if dtype not in DTYPES:
             raise InvalidConfigError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
@@ -118,9 +115,6 @@ class TableConfig:
     @property
     def num_shards(self) -> int:
         return self.partition.num_shards
-
-    def replace(self, **changes) -> TableConfig:
-        return dataclasses.replace(self, **changes)
 
     def slot_bytes_per_row(self) -> int:
         """Bytes of one row plus its optimizer slots."""

@@ -2,8 +2,8 @@
 
 Each optimizer is a small frozen dataclass (serialisable, printable) that declares its
 slots and computes the new rows and slots of the touched rows. The math is written once
-against a tiny array namespace (:class:`ArrayOps`) so the numpy storage and the TensorFlow
-storage run the same code.
+against a tiny array namespace (:class:`~shardemb.core.arrays.ArrayOps`) so the numpy
+storage and the TensorFlow storage run the same code.
 
 Semantics against Keras (same hyperparameter names and defaults):
 
@@ -19,9 +19,10 @@ Semantics against Keras (same hyperparameter names and defaults):
 
 Example:
     >>> import numpy as np
+    >>> from shardemb.core.arrays import NUMPY_OPS
     >>> opt = get_optimizer({"name": "adagrad", "learning_rate": 0.1})
     >>> rows, slots = opt.update(NUMPY_OPS, np.ones((1, 2), np.float32),
-    ...                          opt.init_slots(NUMPY_OPS, 1, 2, "float32"),
+    ...                          {"accumulator": np.full((1, 2), 0.1, np.float32)},
     ...                          np.ones((1, 2), np.float32), step=1)
     >>> [round(float(x), 4) for x in rows[0]]
     [0.9047, 0.9047]
@@ -31,44 +32,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from shardemb.core.arrays import ArrayOps
 from shardemb.errors import InvalidConfigError
 
 __all__ = [
-    "NUMPY_OPS",
     "OPTIMIZERS",
     "SGD",
     "Adagrad",
     "Adam",
-    "ArrayOps",
     "Ftrl",
     "RowWiseAdagrad",
     "SparseOptimizer",
     "get_optimizer",
 ]
-
-
-class ArrayOps:
-    """The handful of array functions the optimizers need; numpy by default."""
-
-    sqrt = staticmethod(np.sqrt)
-    square = staticmethod(np.square)
-    maximum = staticmethod(np.maximum)
-    minimum = staticmethod(np.minimum)
-
-    @staticmethod
-    def mean_rows(x):
-        return np.mean(x, axis=1, keepdims=True)
-
-    @staticmethod
-    def full(shape, value, dtype):
-        return np.full(shape, value, dtype=dtype)
-
-
-NUMPY_OPS = ArrayOps()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +78,6 @@ class SparseOptimizer:
     def slot_specs(self, dim: int) -> dict[str, tuple[int, float]]:
         """``{slot name: (width, initial value)}``; width is ``dim`` or 1."""
         return {}
-
-    def init_slots(self, ops: ArrayOps, num_rows: int, dim: int, dtype: str) -> dict[str, Any]:
-        return {
-            k: ops.full((num_rows, width), init, dtype)
-            for k, (width, init) in self.slot_specs(dim).items()
-        }
 
     def update(self, ops: ArrayOps, rows, slots: dict, grads, step: int):
         """New ``(rows, slots)`` of the touched rows; ``step`` counts from 1."""
@@ -268,20 +242,6 @@ OPTIMIZERS: dict[str, type[SparseOptimizer]] = {
     cls.name: cls for cls in (SGD, Adagrad, RowWiseAdagrad, Adam, Ftrl)
 }
 _KERAS_NAMES = {"SGD": SGD, "Adagrad": Adagrad, "Adam": Adam, "Ftrl": Ftrl}
-# Keras optimizer config keys that say nothing about the update rule of a table.
-_KERAS_IGNORED = {
-    "name",
-    "weight_decay",
-    "clipnorm",
-    "global_clipnorm",
-    "clipvalue",
-    "use_ema",
-    "ema_momentum",
-    "ema_overwrite_frequency",
-    "loss_scale_factor",
-    "gradient_accumulation_steps",
-    "amsgrad",
-}
 
 
 def get_optimizer(optimizer: object) -> SparseOptimizer:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shardemb._validate import check_positive_int
 from shardemb.errors import InvalidConfigError
 
 __all__ = ["PARTITIONS", "Partition", "ShardSplit"]
@@ -45,8 +46,8 @@ class Partition:
             raise InvalidConfigError(
                 f"`partition` must be one of {PARTITIONS}. Received: partition={self.kind!r}"
             )
-        _check_positive_int("vocab_size", self.vocab_size)
-        _check_positive_int("num_shards", self.num_shards)
+        check_positive_int("vocab_size", self.vocab_size)
+        check_positive_int("num_shards", self.num_shards)
         if self.num_shards > self.vocab_size:
             raise InvalidConfigError(
                 "`num_shards` must not exceed `vocab_size` (a shard would hold no row). "
@@ -143,11 +144,3 @@ class ShardSplit:
 
     def local_rows(self, shard: int) -> np.ndarray:
         return self.local[self.bounds[shard] : self.bounds[shard + 1]]
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise InvalidConfigError(
-            f"`{name}` must be a positive integer. "
-            f"Received: {name}={value!r} (of type {type(value).__name__})"
-        )

@@ -35,12 +35,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from shardemb.errors import InvalidConfigError
+from shardemb._validate import check_positive_int
 from shardemb.core.initializers import get_initializer
 from shardemb.core.optimizers import get_optimizer
+from shardemb.errors import InvalidConfigError
 from shardemb.store import EmbeddingStore
 
-__all__ = ["COMBINERS", "ShardedEmbedding", "TableCheckpoint", "TableView"]
+__all__ = ["COMBINERS", "ShardedEmbedding", "TableView"]
 
 COMBINERS = ("sum", "mean", "sqrtn")
 
@@ -135,22 +136,12 @@ class ShardedEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         for arg, value in (("input_dim", input_dim), ("output_dim", output_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise InvalidConfigError(
-                    f"`{arg}` must be a positive integer. "
-                    f"Received: {arg}={value} (of type {type(value).__name__})."
-                )
+            check_positive_int(arg, value)
         if combiner is not None and combiner not in COMBINERS:
             raise InvalidConfigError(
                 f"`combiner` must be one of {COMBINERS} or None. Received: combiner={combiner!r}"
             )
-        if num_shards is not None and (
-            not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards <= 0
-        ):
-            raise InvalidConfigError(
-                "`num_shards` must be a positive integer or None. "
-                f"Received: num_shards={num_shards!r}"
-            )
+        check_positive_int("num_shards", num_shards, optional=True)
         if store is not None and not isinstance(store, EmbeddingStore):
             raise InvalidConfigError(
                 f"`store` must be an EmbeddingStore. Received: store={store!r} "
@@ -354,118 +345,3 @@ class ShardedEmbedding(keras.layers.Layer):
     def _push_np(self, ids: np.ndarray, grads: np.ndarray) -> np.int64:
         self.store.apply_gradients(ids, grads)
         return np.int64(ids.size)
-
-
-class TableCheckpoint(keras.callbacks.Callback):
-    """Checkpoint every :class:`ShardedEmbedding` table of a model to Zarr during ``fit``.
-
-    Each table goes to ``root/<layer name>/step-<N>`` through a
-    :class:`~shardemb.CheckpointManager` (its shards write their own rows; the table never
-    passes through the trainer), after every ``every_n_epochs`` epochs or every
-    ``every_n_batches`` training batches; the last ``keep`` are kept. The step ``N`` is the
-    number of training batches seen so far. :meth:`restore` puts the newest checkpoint of
-    each table back into a model (for instance one rebuilt or loaded after a crash). A
-    store that saved a checkpoint also restarts a dead shard from it.
-
-    Example:
-        >>> import tempfile, keras, numpy as np, shardemb
-        >>> layer = shardemb.ShardedEmbedding(50, 4, name="items", backend="inprocess")
-        >>> model = keras.Sequential([keras.Input((2,), dtype="int64"), layer,
-        ...                           keras.layers.Flatten(), keras.layers.Dense(1)])
-        >>> model.compile("sgd", "mse")
-        >>> root = tempfile.mkdtemp()
-        >>> _ = model.fit(np.ones((8, 2), "int64"), np.ones((8, 1)), batch_size=4, verbose=0,
-        ...               callbacks=[shardemb.TableCheckpoint(root)])
-        >>> shardemb.TableCheckpoint.restore(model, root)
-        {'items': 2}
-        >>> layer.close()
-    """
-
-    def __init__(
-        self,
-        root: str,
-        *,
-        every_n_epochs: int | None = 1,
-        every_n_batches: int | None = None,
-        keep: int | None = 3,
-    ):
-        super().__init__()
-        for arg, value in (
-            ("every_n_epochs", every_n_epochs),
-            ("every_n_batches", every_n_batches),
-        ):
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise InvalidConfigError(
-                    f"`{arg}` must be a positive integer or None. Received: {arg}={value!r}"
-                )
-        self.root = str(root)
-        self.every_n_epochs = every_n_epochs
-        self.every_n_batches = every_n_batches
-        self.keep = keep
-        self._batches = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._batches += 1
-        if self.every_n_batches and self._batches % self.every_n_batches == 0:
-            self.save(self._batches)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
-            self.save(self._batches)
-
-    def save(self, step: int) -> dict[str, str]:
-        """Checkpoint every sharded table of the model now, as ``step``."""
-        paths = {}
-        for layer in _sharded_layers(self.model):
-            mgr = _manager(self.root, layer, self.keep)
-            if step not in mgr.steps():
-                mgr.save(layer.store, step)
-            paths[layer.name] = mgr.path(step)
-        return paths
-
-    @staticmethod
-    def restore(model, root: str, **restore_kwargs) -> dict[str, int]:
-        """Replace each sharded table of ``model`` by its newest checkpoint under ``root``
-        (rows, slots and step); returns ``{layer name: step}``. ``restore_kwargs`` go to
-        :meth:`EmbeddingStore.restore` (e.g. ``num_shards``)."""
-        from shardemb.checkpoint import read_manifest
-
-        steps = {}
-        for layer in _sharded_layers(model):
-            mgr = _manager(str(root), layer, None)
-            latest = mgr.latest()
-            if latest is None:
-                from shardemb.errors import CheckpointNotFoundError
-
-                raise CheckpointNotFoundError(
-                    f"No checkpoint of layer {layer.name!r} under {mgr.root!r}."
-                )
-            old = layer.store
-            kwargs = {"backend": layer.backend, **restore_kwargs}
-            new = EmbeddingStore.restore(
-                latest, name=f"{old.name}-r{uuid.uuid4().hex[:6]}", **kwargs
-            )
-            if new.shape != (layer.input_dim, layer.output_dim):
-                new.close()
-                raise InvalidConfigError(
-                    f"Checkpoint {latest!r} holds a {new.shape} table; layer {layer.name!r} "
-                    f"needs {(layer.input_dim, layer.output_dim)}."
-                )
-            if layer._owns_store:
-                old.close()
-            layer.store, layer._owns_store = new, True
-            steps[layer.name] = int(read_manifest(latest)["step"])
-        return steps
-
-
-def _sharded_layers(model) -> list[ShardedEmbedding]:
-    return [layer for layer in model._flatten_layers() if isinstance(layer, ShardedEmbedding)]
-
-
-def _manager(root: str, layer: ShardedEmbedding, keep):
-    import os
-
-    from shardemb.checkpoint import CheckpointManager
-
-    sep = "/" if "://" in root else os.sep
-    return CheckpointManager(root.rstrip("/\\") + sep + layer.name, keep=keep)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from shardemb.core.optimizers import NUMPY_OPS, ArrayOps
+from shardemb.core.arrays import NUMPY_OPS, ArrayOps
 
 __all__ = ["STORAGES", "NumpyStorage", "RowStorage", "TensorflowStorage", "make_storage"]
 
@@ -107,9 +107,6 @@ class _TfOps(ArrayOps):
 
     def mean_rows(self, x):
         return self._tf.reduce_mean(x, axis=1, keepdims=True)
-
-    def full(self, shape, value, dtype):
-        return self._tf.fill(shape, self._tf.constant(value, dtype=dtype))
 
 
 class TensorflowStorage(RowStorage):

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+import shardemb.store.exchange as exchange
 from shardemb import checkpoint
 from shardemb.core.config import TableConfig
 from shardemb.core.router import Deduplicator, check_grads, check_ids
@@ -30,7 +31,6 @@ from shardemb.errors import (
     ShardUnavailableError,
     TableNotFoundError,
 )
-from shardemb.store import exchange
 from shardemb.store.pending import PendingPushes
 from shardemb.store.recovery import recover
 from shardemb.transport.backends import ShardResources, get_backend

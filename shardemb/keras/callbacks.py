@@ -1,0 +1,117 @@
+"""Keras callbacks for models with :class:`~shardemb.ShardedEmbedding` layers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import keras
+
+from shardemb._validate import check_positive_int
+from shardemb.checkpoint import CheckpointManager, read_manifest
+from shardemb.errors import CheckpointNotFoundError, InvalidConfigError
+from shardemb.keras.layer import ShardedEmbedding
+from shardemb.store import EmbeddingStore
+
+__all__ = ["TableCheckpoint"]
+
+
+class TableCheckpoint(keras.callbacks.Callback):
+    """Checkpoint every :class:`ShardedEmbedding` table of a model to Zarr during ``fit``.
+
+    Each table goes to ``root/<layer name>/step-<N>`` through a
+    :class:`~shardemb.CheckpointManager` (its shards write their own rows; the table never
+    passes through the trainer), after every ``every_n_epochs`` epochs or every
+    ``every_n_batches`` training batches; the last ``keep`` are kept. The step ``N`` is the
+    number of training batches seen so far. :meth:`restore` puts the newest checkpoint of
+    each table back into a model (for instance one rebuilt or loaded after a crash). A
+    store that saved a checkpoint also restarts a dead shard from it.
+
+    Example:
+        >>> import tempfile, keras, numpy as np, shardemb
+        >>> layer = shardemb.ShardedEmbedding(50, 4, name="items", backend="inprocess")
+        >>> model = keras.Sequential([keras.Input((2,), dtype="int64"), layer,
+        ...                           keras.layers.Flatten(), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> root = tempfile.mkdtemp()
+        >>> _ = model.fit(np.ones((8, 2), "int64"), np.ones((8, 1)), batch_size=4, verbose=0,
+        ...               callbacks=[shardemb.TableCheckpoint(root)])
+        >>> shardemb.TableCheckpoint.restore(model, root)
+        {'items': 2}
+        >>> layer.close()
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        every_n_epochs: int | None = 1,
+        every_n_batches: int | None = None,
+        keep: int | None = 3,
+    ):
+        super().__init__()
+        check_positive_int("every_n_epochs", every_n_epochs, optional=True)
+        check_positive_int("every_n_batches", every_n_batches, optional=True)
+        self.root = str(root)
+        self.every_n_epochs = every_n_epochs
+        self.every_n_batches = every_n_batches
+        self.keep = keep
+        self._batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self.every_n_batches and self._batches % self.every_n_batches == 0:
+            self.save(self._batches)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
+            self.save(self._batches)
+
+    def save(self, step: int) -> dict[str, str]:
+        """Checkpoint every sharded table of the model now, as ``step``."""
+        paths = {}
+        for layer in _sharded_layers(self.model):
+            mgr = _manager(self.root, layer, self.keep)
+            if step not in mgr.steps():
+                mgr.save(layer.store, step)
+            paths[layer.name] = mgr.path(step)
+        return paths
+
+    @staticmethod
+    def restore(model, root: str, **restore_kwargs) -> dict[str, int]:
+        """Replace each sharded table of ``model`` by its newest checkpoint under ``root``
+        (rows, slots and step); returns ``{layer name: step}``. ``restore_kwargs`` go to
+        :meth:`EmbeddingStore.restore` (e.g. ``num_shards``)."""
+        steps = {}
+        for layer in _sharded_layers(model):
+            mgr = _manager(str(root), layer, None)
+            latest = mgr.latest()
+            if latest is None:
+                raise CheckpointNotFoundError(
+                    f"No checkpoint of layer {layer.name!r} under {mgr.root!r}."
+                )
+            old = layer.store
+            kwargs = {"backend": layer.backend, **restore_kwargs}
+            new = EmbeddingStore.restore(
+                latest, name=f"{old.name}-r{uuid.uuid4().hex[:6]}", **kwargs
+            )
+            if new.shape != (layer.input_dim, layer.output_dim):
+                new.close()
+                raise InvalidConfigError(
+                    f"Checkpoint {latest!r} holds a {new.shape} table; layer {layer.name!r} "
+                    f"needs {(layer.input_dim, layer.output_dim)}."
+                )
+            if layer._owns_store:
+                old.close()
+            layer.store, layer._owns_store = new, True
+            steps[layer.name] = int(read_manifest(latest)["step"])
+        return steps
+
+
+def _sharded_layers(model) -> list[ShardedEmbedding]:
+    return [layer for layer in model._flatten_layers() if isinstance(layer, ShardedEmbedding)]
+
+
+def _manager(root: str, layer: ShardedEmbedding, keep):
+    sep = "/" if "://" in root else os.sep
+    return CheckpointManager(root.rstrip("/\\") + sep + layer.name, keep=keep)
