@@ -7,7 +7,7 @@ Run: ``python examples/train_recommender.py [--data ratings.dat] [--epochs 5] [-
 (``--help`` lists every flag).
 """
 
-from shardemb.demo import main
+from shardemb.cli import demo_main as main
 
 if __name__ == "__main__":
     raise SystemExit(main())

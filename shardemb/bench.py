@@ -3,7 +3,7 @@
 The benchmarks are not part of the installed package: they live in the top-level
 ``benchmarks/`` folder of the repository. Run ``shardemb bench`` from a source checkout
 (the repository root, or with ``SHARDEMB_SOURCE`` naming it); everything after ``bench``
-is passed to ``python -m benchmarks.run``.
+is passed to ``python -m benchmarks.run``. Its flags are parsed in :mod:`shardemb.cli`.
 
 Example::
 
@@ -16,7 +16,13 @@ import argparse
 import os
 import sys
 
-__all__ = ["find_checkout", "register_cli"]
+__all__ = ["find_checkout"]
+
+_NO_BENCHMARKS = (
+    "the benchmarks ship with the source repository, not with the installed package: "
+    "from a clone of it, run `python -m benchmarks.run` (or `shardemb bench` there, or "
+    "set SHARDEMB_SOURCE to the clone)"
+)
 
 
 def find_checkout() -> str | None:
@@ -39,24 +45,13 @@ def find_checkout() -> str | None:
 
 def _bench(args: argparse.Namespace) -> int:
     root = find_checkout()
-    if root is None:
-        print("shardemb bench: no benchmarks/run.py found. The benchmarks ship with the source "
-              "checkout, not the package: run this from the repository root, or set "
-              "SHARDEMB_SOURCE=/path/to/shardemb.", file=sys.stderr)  # fmt: skip
-        return 2
-    if root not in sys.path:
+    if root is not None and root not in sys.path:
         sys.path.insert(0, root)
-    from benchmarks.run import main
-
+    try:
+        from benchmarks.run import main
+    except ModuleNotFoundError as err:
+        if err.name not in ("benchmarks", "benchmarks.run"):
+            raise  # a dependency of the benchmarks is missing: say which
+        print(f"shardemb: error: {_NO_BENCHMARKS}", file=sys.stderr)
+        return 2
     return main(args.rest, prog="shardemb bench")
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``bench`` to the ``shardemb`` command."""
-    # No option prefix of its own: "--quick" etc. must reach `rest` untouched (with "-",
-    # argparse would take a leading "--quick" for an unknown option of this subparser).
-    p = subparsers.add_parser("bench", add_help=False, prefix_chars="+",
-                              help="run the benchmarks (from a source checkout)")  # fmt: skip
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_bench)
-    return p

@@ -17,103 +17,24 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 
-__all__ = ["DemoConfig", "main", "run"]
+from shardemb._files import atomic_write
+from shardemb.recsys.demo_config import DemoConfig
 
-#: Learning rates that train the synthetic default well in a few epochs (measured).
-DEFAULT_LEARNING_RATES = {"sgd": 1.0, "adagrad": 1.0, "adam": 0.01}
-
-
-@dataclass
-class DemoConfig:
-    """Everything a run depends on (saved in results.json)."""
-
-    data: str | None = None
-    format: str | None = None
-    users: int = 6000
-    items: int = 4000
-    interactions: int = 300_000
-    dim: int = 32
-    epochs: int = 5
-    batch_size: int = 1024
-    learning_rate: float | None = None
-    optimizer: str = "adagrad"
-    temperature: float = 0.1
-    num_shards: int = 2
-    backend: str = "ray"
-    address: str | None = None
-    out: str = "runs/demo"
-    resume: bool = False
-    restore_shards: int | None = None
-    compare_keras: bool = False
-    eval_users: int = 5000
-    seed: int = 0
-    keep_checkpoints: int = 2
-    extra: dict = field(default_factory=dict)
-
-
-def parse_args(argv: list[str] | None) -> DemoConfig:
-    d = DemoConfig()
-    p = argparse.ArgumentParser(prog="shardemb demo", description=__doc__.splitlines()[0])
-    p.add_argument("--data", help="MovieLens u.data, ratings.dat or ratings.csv")
-    p.add_argument("--format", choices=["tsv", "dat", "csv"], help="override the file format")
-    p.add_argument("--users", type=int, default=d.users, help="synthetic users")
-    p.add_argument("--items", type=int, default=d.items, help="synthetic items")
-    p.add_argument("--interactions", type=int, default=d.interactions, help="synthetic size")
-    p.add_argument("--dim", type=int, default=d.dim)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument(
-        "--learning-rate", type=float, help="default: 1.0 for sgd and adagrad, 0.01 for adam"
-    )
-    p.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adagrad", "adam"])
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--num-shards", type=int, default=d.num_shards)
-    p.add_argument("--backend", default=d.backend, choices=["ray", "inprocess"])
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    p.add_argument("--out", default=d.out, help="folder for checkpoints and results")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    p.add_argument("--restore-shards", type=int, help="restore onto this many shards")
-    p.add_argument(
-        "--compare-keras",
-        action="store_true",
-        help="also train the same model on keras.layers.Embedding",
-    )
-    p.add_argument("--eval-users", type=int, default=d.eval_users)
-    p.add_argument("--seed", type=int, default=d.seed)
-    a = p.parse_args(argv)
-    cfg = DemoConfig(**{k: v for k, v in vars(a).items() if k in DemoConfig.__dataclass_fields__})
-    for name in (
-        "users",
-        "items",
-        "interactions",
-        "dim",
-        "epochs",
-        "batch_size",
-        "num_shards",
-        "eval_users",
-    ):
-        if getattr(cfg, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive. Received: {getattr(cfg, name)}")
-    if cfg.learning_rate is None:
-        cfg.learning_rate = DEFAULT_LEARNING_RATES[cfg.optimizer]
-    if cfg.restore_shards is not None and not cfg.resume:
-        p.error("--restore-shards needs --resume (it restores the latest checkpoint)")
-    return cfg
+__all__ = ["DemoConfig", "run"]
 
 
 # -- data ---------------------------------------------------------------------------------
 def load_data(cfg: DemoConfig, out: str):
     """Encoded train/test logs and the id mappings (reused from ``out`` on resume)."""
     from shardemb.errors import DataFormatError, ShardembError
-    from shardemb.recsys.data import (
+    from shardemb.recsys import (
         IdMapping,
         encode,
         load_ratings,
@@ -192,8 +113,7 @@ def _keras_optimizer(name: str, lr: float):
 
 
 def _evaluate(user_table, item_table, train, test, eval_users: int, seed: int) -> dict:
-    from shardemb.recsys.data import Interactions
-    from shardemb.recsys.metrics import evaluate
+    from shardemb.recsys import Interactions, evaluate
 
     users = np.unique(test.users)
     if users.size > eval_users:  # a fixed sample keeps evaluation time bounded
@@ -395,16 +315,15 @@ def _fit_epoch(model, train, epoch: int, cfg: DemoConfig) -> tuple[float, float]
 
 
 def _atomic_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2, default=str))
 
 
 def _plot(history, baseline, keras_result, path: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no plot at {path}: it needs matplotlib (pip install 'shardemb[demo]')")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -451,13 +370,3 @@ def _summary(results: dict, out: str) -> None:
     print(f"  {'most popular':<28}{pop['recall']:>10.4f}{pop['ndcg']:>10.4f}")
     print(f"checkpoints: {os.path.join(out, 'checkpoints')}")
     print(f"results:     {os.path.join(out, 'results.json')}, {os.path.join(out, 'training.png')}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    run(cfg)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

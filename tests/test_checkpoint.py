@@ -1,7 +1,6 @@
 """Checkpoints: round trips, resharding, exact continuation, consistency under pushes,
 damage detection, the manager, fsspec URLs, the CLI; in-process and on Ray."""
 
-import argparse
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 
 import shardemb
 import shardemb.checkpoint as ckpt
+import shardemb.cli
 from shardemb import CheckpointManager, EmbeddingStore
 from shardemb.errors import (
     CheckpointCorruptError,
@@ -526,8 +526,7 @@ def test_memory_urls_with_the_inprocess_backend(table_name):
 # -- command line ------------------------------------------------------------------------
 def test_cli_inspect(saved, tmp_path, capsys, table_name):
     _, path, _ = saved
-    parser = argparse.ArgumentParser()
-    ckpt.register_cli(parser.add_subparsers(dest="command", required=True))
+    parser = shardemb.cli.build_parser()
 
     def run(*argv):
         args = parser.parse_args(["checkpoint", "inspect", *argv])

@@ -18,7 +18,9 @@ import tempfile
 import psutil
 import pytest
 
+import shardemb.cli
 from shardemb import cluster
+from shardemb.cluster import commands
 from shardemb.errors import ClusterConnectionError, InvalidConfigError
 
 # A driver of its own: ray.init() in this test process would make it part of a cluster.
@@ -172,7 +174,7 @@ def test_up_rejects_bad_arguments(kwargs, name, tmp_path):
 
 def test_cli_parses_up_flags():
     parser = argparse.ArgumentParser(prog="shardemb")
-    cluster.register_cli(parser.add_subparsers(dest="command"))
+    shardemb.cli.add_cluster_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         [
             "cluster",
@@ -193,8 +195,8 @@ def test_cli_parses_up_flags():
     )
     assert (args.workers, args.cpus_per_node, args.gpus_per_node) == (3, 2, 1)
     assert (args.memory_per_node, args.port, args.state_file) == (4 * 2**30, 6390, "/tmp/s.json")
-    assert args.func is cluster._cmd_up
-    assert parser.parse_args(["cluster", "down"]).func is cluster._cmd_down
+    assert args.func is commands._cmd_up
+    assert parser.parse_args(["cluster", "down"]).func is commands._cmd_down
     assert parser.parse_args(["cluster", "status", "--json"]).json is True
     with pytest.raises(SystemExit):
         parser.parse_args(["cluster", "up", "--memory-per-node", "lots"])
@@ -205,7 +207,7 @@ def test_status_and_down_of_missing_state_file_say_so(tmp_path, capsys):
     for call in (cluster.status, cluster.down):
         with pytest.raises(ClusterConnectionError, match="No local cluster is recorded"):
             call(missing)
-    assert cluster.main(["status", "--state-file", str(missing)]) == 1
+    assert shardemb.cli.cluster_main(["status", "--state-file", str(missing)]) == 1
     err = capsys.readouterr().err
     assert "shardemb cluster status: error: No local cluster is recorded" in err
     assert str(missing) in err

@@ -1,6 +1,7 @@
 """The store on real Ray clusters: a 2-node local cluster driven from another process,
 shared access from several processes, detached tables, up-front capacity errors."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -121,12 +122,12 @@ def test_capacity_error_gives_the_numbers_and_fixes():
         check_capacity(cfg, ShardResources(), nodes)
     small = TableConfig.build("ok", 1_000_000, 128, num_shards=8, optimizer="adam", seed=0)
     with pytest.raises(CapacityError, match=r"asks for 8 GPU\(s\) .* has 0"):
-        check_capacity(small.replace(device="gpu"), ShardResources(), nodes)
+        check_capacity(dataclasses.replace(small, device="gpu"), ShardResources(), nodes)
     with pytest.raises(CapacityError, match=r"reserves 16 CPU\(s\) \(2 per shard\)"):
         check_capacity(small, ShardResources(num_cpus=2), nodes)
     with pytest.raises(CapacityError, match="more shards"):
         check_capacity(
-            cfg.replace(partition=cfg.partition.__class__("mod", 100_000_000, 8)),
+            dataclasses.replace(cfg, partition=cfg.partition.__class__("mod", 100_000_000, 8)),
             ShardResources(),
             nodes,
         )

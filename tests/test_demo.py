@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from shardemb.cli import demo_main
 from shardemb.cli import main as cli_main
-from shardemb.demo import main as demo_main
 from shardemb.errors import DataFormatError
 from shardemb.recsys import synthetic_interactions
 

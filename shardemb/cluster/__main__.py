@@ -2,6 +2,6 @@
 
 import sys
 
-from shardemb.cluster import main
+from shardemb.cli import cluster_main
 
-sys.exit(main())
+sys.exit(cluster_main())
