@@ -30,13 +30,9 @@ import time
 import numpy as np
 
 from shardemb import EmbeddingStore
-from shardemb.checkpoint import (
-    _Location,
-    _read_args,
-    _read_shard,
-    save_store,
-    verify_checkpoint,
-)
+from shardemb.checkpoint import save_store, verify_checkpoint
+from shardemb.checkpoint.location import Location
+from shardemb.checkpoint.reader import read_args, read_shard
 from shardemb.core.config import TableConfig
 
 
@@ -105,7 +101,7 @@ def run(rows: int, dim: int, shards: int, out: str, backend: str, workdir: str,
         t0 = time.perf_counter()
         empty = EmbeddingStore._start(cfg, initialize=False, backend=backend)
         t1 = time.perf_counter()
-        empty.shard_call(_read_shard, _Location.of(path), *_read_args(m, path))
+        empty.shard_call(read_shard, Location.of(path), *read_args(m, path))
         phases.append((t1 - t0, time.perf_counter() - t1))
         return empty
 

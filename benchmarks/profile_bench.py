@@ -45,9 +45,9 @@ def _shard_lookup_shm(shard, names, start: int, stop: int) -> dict:
     """``Shard.lookup_shm`` with each part timed (runs inside the shard)."""
     t0 = time.perf_counter()
     ids_name, pos_name, out_name = names
-    local = shard._check_rows(shard._shm_ids(ids_name, start, stop))
+    local = shard.check_rows(shard._shm_ids(ids_name, start, stop))
     pos = shard._shm_ids(pos_name, start, stop)
-    out_buf = shard._buffers.get(out_name)
+    out_buf = shard._segments.get(out_name)
     dim = shard.config.dim
     out = out_buf.array(shard.config.dtype, (out_buf.size // (dim * shard._itemsize), dim))
     if pos.size and (pos.min() < 0 or pos.max() >= len(out)):
@@ -65,8 +65,8 @@ def _shard_gather_into(shard, names, start: int, stop: int) -> dict:
     slice ``[start, stop)`` (``RowStorage.gather_into``), no temporary, no scatter."""
     t0 = time.perf_counter()
     ids_name, _, out_name = names
-    local = shard._check_rows(shard._shm_ids(ids_name, start, stop))
-    out_buf = shard._buffers.get(out_name)
+    local = shard.check_rows(shard._shm_ids(ids_name, start, stop))
+    out_buf = shard._segments.get(out_name)
     dim = shard.config.dim
     out = out_buf.array(shard.config.dtype, (out_buf.size // (dim * shard._itemsize), dim))
     t1 = time.perf_counter()
@@ -78,7 +78,7 @@ def _shard_gather_into(shard, names, start: int, stop: int) -> dict:
 def _shard_lookup(shard, local) -> tuple[np.ndarray, dict]:
     """``Shard.lookup`` with its gather timed (no shared memory: in-process or remote)."""
     t0 = time.perf_counter()
-    local = shard._check_rows(local)
+    local = shard.check_rows(local)
     t1 = time.perf_counter()
     rows = shard.weights.host(shard.weights.gather(local))
     t2 = time.perf_counter()
@@ -191,7 +191,7 @@ def run_profile(ctx: Context) -> dict:
     from benchmarks.lookup_bench import create_store
 
     if ctx.backend == "ray":
-        import cloudpickle
+        from ray import cloudpickle
 
         import benchmarks.profile_bench as me
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from shardemb.core.config import TableConfig
-from shardemb.errors import InvalidGradientError, InvalidIdsError
 from shardemb.core.optimizers import OPTIMIZERS
+from shardemb.errors import InvalidGradientError, InvalidIdsError
 from shardemb.shard.shard import Shard
 from shardemb.shard.storage import make_storage
 

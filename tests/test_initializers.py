@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from shardemb.errors import InvalidConfigError
 from shardemb.core.initializers import Initializer, get_initializer
+from shardemb.errors import InvalidConfigError
 
 
 def test_values_depend_on_global_row_only():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from shardemb.core.config import TableConfig
-from shardemb.errors import InvalidConfigError
 from shardemb.core.optimizers import OPTIMIZERS, Adam, get_optimizer
+from shardemb.errors import InvalidConfigError
 from shardemb.shard.shard import Shard, sum_duplicates
 
 VOCAB, DIM = 12, 4

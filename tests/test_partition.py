@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from shardemb.errors import InvalidConfigError
 from shardemb.core.partition import Partition
+from shardemb.errors import InvalidConfigError
 
 
 @pytest.mark.parametrize("kind", ["mod", "div"])

@@ -35,7 +35,9 @@ def _spawn(code: str) -> subprocess.Popen:
 
 
 def test_files_of_exited_and_killed_processes_are_removed():
-    exits = _spawn("from shardemb.transport.shm import ShmSegment; print(ShmSegment.create(64).name)")
+    exits = _spawn(
+        "from shardemb.transport.shm import ShmSegment; print(ShmSegment.create(64).name)"
+    )
     name = exits.communicate(timeout=60)[0].strip()
     assert not os.path.exists(os.path.join(SHM_DIR, name))  # removed at exit
     killed = _spawn(
