@@ -14,6 +14,7 @@ load on first use, so shard actors and pure-numpy users never pay for it.
 
 from __future__ import annotations
 
+from shardemb import _keras_hook
 from shardemb.core.optimizers import SGD, Adagrad, Adam, Ftrl, RowWiseAdagrad, SparseOptimizer
 from shardemb.errors import (
     CapacityError,
@@ -37,6 +38,9 @@ from shardemb.store import EmbeddingStore
 from shardemb.transport.backends import ShardResources
 
 __version__ = "0.1.0"
+
+# ShardedEmbedding registers itself with Keras when Keras is imported (load_model needs it).
+_keras_hook.install()
 
 _LAZY = {
     "ShardedEmbedding": "shardemb.keras.layer",

@@ -27,6 +27,7 @@ LAYERS = [
         "apps",
         [
             "shardemb",
+            "shardemb._keras_hook",
             "shardemb.__main__",
             "shardemb.cli",
             "shardemb.demo",
