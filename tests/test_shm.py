@@ -1,12 +1,15 @@
 """Shared-memory buffers: views, attach, and no files left behind."""
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from shardemb.transport import shm
 from shardemb.transport.shm import SHM_DIR, SegmentCache, ShmSegment
 
 
@@ -51,3 +54,51 @@ def test_files_of_exited_and_killed_processes_are_removed():
     sweeper = _spawn("from shardemb.transport.shm import ShmSegment; ShmSegment.create(64).close()")
     sweeper.wait(timeout=60)
     assert not os.path.exists(os.path.join(SHM_DIR, name))  # swept by the next creator
+
+
+@pytest.fixture
+def small_shm(tmp_path, monkeypatch):
+    """A 1 MiB tmpfs standing in for /dev/shm (as Docker's 64 MiB default, only smaller)."""
+    mnt = tmp_path / "shm"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)])
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    monkeypatch.setattr(shm, "SHM_DIR", str(mnt))
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_a_buffer_larger_than_free_shared_memory_raises_instead_of_sigbus(small_shm):
+    with pytest.raises(OSError) as info:
+        ShmSegment.create(4 << 20)
+    assert info.value.errno == errno.ENOSPC and "bytes free" in str(info.value)
+    assert os.listdir(small_shm) == []  # nothing left behind
+    fits = ShmSegment.create(256 << 10)
+    fits.array(np.uint8, (256 << 10,))[:] = 1  # every page is backed: no SIGBUS
+    fits.close()
+    assert os.listdir(small_shm) == []
+
+
+def test_the_sweep_spares_live_owners_in_other_pid_namespaces_and_other_users(small_shm):
+    # A live creator whose PID means nothing here (another PID namespace): its file is locked.
+    live = small_shm / "shardemb-999999-aaaaaaaaaaaa"
+    holder = _spawn(
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(live)!r}, os.O_CREAT | os.O_RDWR, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        dead = small_shm / "shardemb-999998-bbbbbbbbbbbb"  # no lock: its owner is gone
+        dead.write_bytes(b"x")
+        other_user = small_shm / "shardemb-999997-cccccccccccc"
+        other_user.write_bytes(b"x")
+        os.chown(other_user, 54321, 54321)
+        shm._sweep_stale()
+        assert live.exists() and other_user.exists() and not dead.exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    shm._sweep_stale()
+    assert not live.exists()  # its owner died: swept

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import atexit
 import collections
+import errno
+import fcntl
 import mmap
 import os
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -57,26 +60,73 @@ def _remove_owned() -> None:
 
 
 def _sweep_stale() -> None:
-    """Remove buffers left behind by processes of this host that no longer exist."""
+    """Remove buffers left behind by processes that no longer exist.
+
+    A creator holds an exclusive ``flock`` on its file for the file's life, so a file whose
+    lock can be taken has no live owner. That holds across PID namespaces (containers
+    sharing ``/dev/shm``), where a PID says nothing. Only this user's files are looked at.
+    A file gets its final name only once locked (see :meth:`ShmSegment.create`).
+    """
     global _swept
     _swept = True
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
         return
+    uid, now = os.getuid(), time.time()
     for name in names:
-        pid = name[len(_PREFIX) :].split("-", 1)[0]
-        if not name.startswith(_PREFIX) or not pid.isdigit() or int(pid) == os.getpid():
+        # ".shardemb-..." files are being created (locked, then renamed within a moment);
+        # one left by a creator killed in that moment is swept once it is old.
+        creating = name.startswith(f".{_PREFIX}")
+        if not (name.startswith(_PREFIX) or creating):
+            continue
+        path = os.path.join(SHM_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
             continue
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+            st = os.fstat(fd)
+            if st.st_uid != uid or (creating and now - st.st_mtime < 60):
+                continue
             try:
-                os.unlink(os.path.join(SHM_DIR, name))
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                pass
-        except PermissionError:
-            pass  # another user's live process
+                continue  # locked: its creator is alive
+            os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _reserve(fd: int, size: int, path: str) -> None:
+    """Back the whole file with memory now. A file only ``ftruncate``d is sparse: on a full
+    tmpfs (Docker's default ``/dev/shm`` is 64 MiB) writing through the mapping later
+    kills the process with SIGBUS instead of raising."""
+    st = os.statvfs(os.path.dirname(path))
+    free = st.f_bavail * st.f_frsize
+    if size > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"{SHM_DIR} has {free} bytes free; a {size}-byte shared buffer does not fit",
+            path,
+        )
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it
+            raise
+        os.ftruncate(fd, size)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    with _owned_lock:
+        _owned.discard(path)
 
 
 def shm_available() -> bool:
@@ -89,6 +139,7 @@ class ShmSegment:
 
     def __init__(self, name: str, size: int, mm: mmap.mmap, owner: bool):
         self.name, self.size, self._mm, self._owner = name, size, mm, owner
+        self._lock_fd: int | None = None  # the creator's flock: "its owner is alive"
 
     @classmethod
     def create(cls, size: int) -> ShmSegment:
@@ -97,15 +148,24 @@ class ShmSegment:
         size = max(int(size), mmap.PAGESIZE)
         name = f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         path = os.path.join(SHM_DIR, name)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        with _owned_lock:
-            _owned.add(path)
+        # Locked under a name the sweep ignores, then renamed: a sweeper never sees it unlocked.
+        tmp = os.path.join(SHM_DIR, f".{name}")
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while the file lives
+            _reserve(fd, size, tmp)
             mm = mmap.mmap(fd, size)
-        finally:
+            with _owned_lock:
+                _owned.add(path)
+            os.rename(tmp, path)
+        except BaseException:
             os.close(fd)
-        return cls(name, size, mm, owner=True)
+            _unlink(tmp)
+            _unlink(path)
+            raise
+        seg = cls(name, size, mm, owner=True)
+        seg._lock_fd = fd
+        return seg
 
     @classmethod
     def attach(cls, name: str) -> ShmSegment:
@@ -131,14 +191,11 @@ class ShmSegment:
             # A view is still alive somewhere: leave the mapping to the garbage collector.
             pass
         if self._owner:
-            path = os.path.join(SHM_DIR, self.name)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            with _owned_lock:
-                _owned.discard(path)
+            _unlink(os.path.join(SHM_DIR, self.name))
             self._owner = False
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 class SegmentCache:
