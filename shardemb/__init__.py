@@ -15,6 +15,7 @@ load on first use, so shard actors and pure-numpy users never pay for it.
 from __future__ import annotations
 
 from shardemb import _keras_hook
+from shardemb.checkpoint import CheckpointManager
 from shardemb.core.optimizers import SGD, Adagrad, Adam, Ftrl, RowWiseAdagrad, SparseOptimizer
 from shardemb.errors import (
     CapacityError,
@@ -44,7 +45,6 @@ _keras_hook.install()
 
 _LAZY = {
     "ShardedEmbedding": "shardemb.keras.layer",
-    "CheckpointManager": "shardemb.checkpoint",
     "TableCheckpoint": "shardemb.keras.callbacks",
 }
 

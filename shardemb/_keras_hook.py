@@ -12,12 +12,13 @@ import importlib
 import importlib.abc
 import sys
 
-_LAYER_MODULES = ("shardemb.keras.layer", "shardemb.keras.callbacks")
+_LAYER_MODULE = "shardemb.keras.layer"
 
 
 def _import_layer() -> None:
-    for module in _LAYER_MODULES:
-        importlib.import_module(module)
+    # Already there (or being imported: it imports keras itself): it registers on its own.
+    if _LAYER_MODULE not in sys.modules:
+        importlib.import_module(_LAYER_MODULE)
 
 
 class _AfterKerasImport(importlib.abc.MetaPathFinder):

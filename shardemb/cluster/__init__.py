@@ -39,7 +39,6 @@ __all__ = [
     "down",
     "format_status",
     "local_cluster",
-    "main",
     "status",
     "up",
 ]
