@@ -6,11 +6,12 @@ import os
 import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn
 
 import numpy as np
 
 from shardemb._files import fsync
-from shardemb.checkpoint.location import Location
+from shardemb.checkpoint.location import Location, io_error
 from shardemb.errors import CheckpointCorruptError
 
 
@@ -86,10 +87,9 @@ class ChunkIO:
 
                 arr.get_basic_selection(slice(lo, hi), out=NDBuffer.from_numpy_array(out))
             except Exception as err:  # noqa: BLE001 - zarr raises ValueError/OSError/codecs
-                raise CheckpointCorruptError(
-                    f"Checkpoint {self.path!r}: rows [{lo}, {hi}) of array {name!r} cannot be "
-                    f"read: {why(err)}"
-                ) from None
+                raise_read_error(
+                    self.path, f"rows [{lo}, {hi}) of array {name!r} cannot be read", err
+                )
             return out
         n = self.chunk_rows
         futures = []
@@ -111,12 +111,16 @@ class ChunkIO:
             whole = np.empty((self.chunk_rows, dest.shape[1]), self.dtype)
         data = whole.reshape(-1).view(np.uint8)
         size = data.size + 4 * self.checksum
+        file = self.loc.file(key)
+        check_inside(self.loc, self.path, key)
         try:
-            f = open(self.loc.file(key), "rb", buffering=0)
-        except FileNotFoundError:
+            f = open(file, "rb", buffering=0)
+        except (FileNotFoundError, NotADirectoryError) as err:
             raise CheckpointCorruptError(
                 f"Checkpoint {self.path!r}: chunk {key!r} is missing."
-            ) from None
+            ) from err
+        except OSError as err:
+            raise io_error(self.path, f"chunk {key!r} cannot be opened", err) from err
         with f:
             found = os.fstat(f.fileno()).st_size
             if found != size:
@@ -124,9 +128,12 @@ class ChunkIO:
                     f"Checkpoint {self.path!r}: chunk {key!r} has {found} bytes, not {size}."
                 )
             view, done = memoryview(data), 0
-            while done < data.size:
-                done += f.readinto(view[done:]) or _short_read(self.path, key)
-            tail = f.read(4)
+            try:
+                while done < data.size:
+                    done += f.readinto(view[done:]) or _short_read(self.path, key)
+                tail = f.read(4)
+            except OSError as err:
+                raise io_error(self.path, f"chunk {key!r} cannot be read", err) from err
         if self.checksum and google_crc32c.value(data) != int.from_bytes(tail, "little"):
             raise CheckpointCorruptError(
                 f"Checkpoint {self.path!r}: checksum mismatch (crc32c) in chunk {key!r}."
@@ -143,14 +150,34 @@ class ChunkIO:
                 arr = zarr.open_array(
                     self.loc.zarr_store(read_only=not write), path=name, mode="r+" if write else "r"
                 )
-            except Exception as err:  # noqa: BLE001 - any failure here means damage
-                raise CheckpointCorruptError(
-                    f"Checkpoint {self.path!r}: array {name!r} cannot be opened: {why(err)}"
-                ) from None
+            except Exception as err:  # noqa: BLE001 - any failure but I/O means damage
+                raise_read_error(self.path, f"array {name!r} cannot be opened", err)
             if write:
                 arr = arr.with_config({"write_empty_chunks": True})
             self._arrays[name] = arr
         return arr
+
+
+def raise_read_error(path: str, what: str, err: Exception) -> NoReturn:
+    """Raise, ``from err``, an I/O :class:`CheckpointError` for an ``OSError`` that is not
+    a missing file, else :class:`CheckpointCorruptError` (damage)."""
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError | NotADirectoryError):
+        raise io_error(path, what, err) from err
+    raise CheckpointCorruptError(f"Checkpoint {path!r}: {what}: {why(err)}") from err
+
+
+def check_inside(loc: Location, path: str, key: str) -> None:
+    """Refuse file ``key`` of a local checkpoint when its real path (symlinks resolved)
+    lies outside the checkpoint folder: a restore must not load another file's bytes."""
+    if not loc.local:
+        return
+    root = os.path.realpath(loc.local)
+    real = os.path.realpath(loc.file(key))
+    if os.path.commonpath([root, real]) != root:
+        raise CheckpointCorruptError(
+            f"Checkpoint {path!r}: {key!r} is a symlink to a file outside the checkpoint "
+            "folder; refusing to read it."
+        )
 
 
 def _short_read(path: str, key: str) -> int:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 from shardemb._files import atomic_write, fsync
-from shardemb.checkpoint.format import MANIFEST, maybe_kill
+from shardemb.checkpoint.format import FORMAT, MANIFEST, maybe_kill
 from shardemb.errors import CheckpointError, InvalidConfigError
+
+#: The only top-level entries of a checkpoint folder: all that ``save`` may delete.
+LAYOUT = frozenset({"zarr.json", MANIFEST, f"{MANIFEST}.tmp", "shards"})
+
+
+def io_error(path: str, what: str, err: OSError) -> CheckpointError:
+    """The :class:`CheckpointError` for an I/O failure (permissions, disk full, symlink
+    loop...) at ``path``: not damage, so not :class:`CheckpointCorruptError`. Raise it
+    ``from err``."""
+    detail = err.strerror or str(err) or type(err).__name__
+    return CheckpointError(
+        f"Checkpoint {path!r}: {what}: I/O error ({type(err).__name__}: {detail})."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +91,8 @@ class Location:
         return fs.exists(f"{root}/{name}")
 
     def read(self, name: str) -> bytes | None:
+        """The bytes of file ``name``, ``None`` if it is missing; other I/O failures raise
+        :class:`CheckpointError` (see :func:`io_error`)."""
         try:
             if self.local:
                 with open(self.file(name), "rb") as f:
@@ -85,6 +101,8 @@ class Location:
             return fs.cat_file(f"{root}/{name}")
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as err:
+            raise io_error(self.url, f"cannot read {name!r}", err) from err
 
     def listdir(self) -> list[str]:
         if self.local:
@@ -115,22 +133,65 @@ class Location:
 
     # -- changes ------------------------------------------------------------------------
     def prepare_empty(self) -> None:
-        """Make the folder exist and be empty; an old checkpoint there stops being one
-        first, a folder of other files is refused."""
+        """Make the folder exist and be empty. Only a provable shardemb checkpoint there (its
+        manifest of shardemb's format or its root ``zarr.json`` with the
+        ``shardemb_checkpoint`` attribute, and nothing beyond the checkpoint layout) is
+        deleted, its manifest first; anything else is refused and left untouched."""
+        if self.local and os.path.islink(self.local) and not os.path.exists(self.local):
+            raise CheckpointError(
+                f"Refusing to save into {self.url!r}: it is a symlink that leads nowhere "
+                "(broken, or a symlink loop)."
+            )
         if self.local and os.path.exists(self.local) and not os.path.isdir(self.local):
             raise CheckpointError(f"Refusing to save into {self.url!r}: it is a file.")
-        names = self.listdir()
+        try:
+            names = self.listdir()
+        except OSError as err:
+            raise io_error(self.url, "cannot list the folder", err) from err
         if names:
-            if not {MANIFEST, "zarr.json", f"{MANIFEST}.tmp"} & set(names):
+            reason = self._not_a_checkpoint(names)
+            if reason:
                 raise CheckpointError(
-                    f"Refusing to save into {self.url!r}: it holds files that are not a "
-                    f"shardemb checkpoint ({sorted(names)[:5]})."
+                    f"Refusing to save into {self.url!r}: {reason}; nothing was changed."
                 )
             self.uncommit()
             self.remove()
         if self.local:
-            os.makedirs(self.local, exist_ok=True)
-            fsync(os.path.dirname(self.local), directory=True)
+            try:
+                os.makedirs(self.local, exist_ok=True)
+                fsync(os.path.dirname(self.local), directory=True)
+            except OSError as err:
+                raise io_error(self.url, "cannot create the folder", err) from err
+
+    def _not_a_checkpoint(self, names: list[str]) -> str | None:
+        """Why the non-empty folder holding ``names`` is not provably a shardemb
+        checkpoint, or ``None`` when it is one (committed or interrupted)."""
+        extra = sorted(set(names) - LAYOUT)
+        if extra:
+            return (
+                f"it holds files that are not part of a shardemb checkpoint ({extra[:5]}"
+                f"{', ...' if len(extra) > 5 else ''})"
+            )
+        if "shards" in names and self.local and not os.path.isdir(self.file("shards")):
+            return "its 'shards' is not a folder"
+        marks = {
+            MANIFEST: lambda d: d.get("format") == FORMAT,
+            "zarr.json": lambda d: (
+                isinstance(d.get("attributes"), dict) and "shardemb_checkpoint" in d["attributes"]
+            ),
+        }
+        found = [n for n in marks if n in names]
+        if not found:
+            return f"it has no {MANIFEST} or zarr.json of a shardemb checkpoint ({sorted(names)})"
+        for name in found:
+            raw = self.read(name)
+            try:
+                doc = json.loads(raw) if raw is not None else None
+            except (ValueError, UnicodeDecodeError):
+                doc = None
+            if not isinstance(doc, dict) or not marks[name](doc):
+                return f"its {name} is not one of a shardemb checkpoint"
+        return None
 
     def commit(self, name: str, data: bytes, kill_at: str | None) -> None:
         """Write ``name`` atomically: temporary file, fsync, rename, fsync the folder."""

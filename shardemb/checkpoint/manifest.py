@@ -49,7 +49,7 @@ def read_manifest(path: str, *, expected_table: str | None = None) -> dict:
     try:
         m = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointCorruptError(f"{MANIFEST} of {path!r} is not valid JSON: {err}") from None
+        raise CheckpointCorruptError(f"{MANIFEST} of {path!r} is not valid JSON: {err}") from err
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise CheckpointCorruptError(
             f"{MANIFEST} of {path!r} is not a shardemb checkpoint manifest "
@@ -91,7 +91,7 @@ def _check_manifest(m: dict, path: str) -> None:
     try:
         cfg = TableConfig.from_dict(m["table"])
     except (ShardembError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointCorruptError(f"{MANIFEST} of {path!r}: bad table config: {err}") from None
+        raise CheckpointCorruptError(f"{MANIFEST} of {path!r}: bad table config: {err}") from err
     found = {
         "name": m["name"],
         "shape": m["shape"],
@@ -126,10 +126,10 @@ def _check_manifest(m: dict, path: str) -> None:
         )
     try:
         codecs_for(m["compression"], False)
-    except InvalidConfigError:
+    except InvalidConfigError as err:
         raise CheckpointCorruptError(
             f"{MANIFEST} of {path!r}: unknown compression {m['compression']!r}."
-        ) from None
+        ) from err
     for name, shape in array_shapes(m).items():
         entry = m["arrays"].get(name)
         if not isinstance(entry, dict) or entry.get("shape") != shape:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shardemb.checkpoint.chunks import ChunkIO, why
+from shardemb.checkpoint.chunks import ChunkIO, check_inside, raise_read_error
 from shardemb.checkpoint.format import READ_WINDOW_BYTES, layout_of
 from shardemb.checkpoint.location import Location
 from shardemb.checkpoint.manifest import array_shapes, read_manifest
@@ -36,15 +36,18 @@ def verify_checkpoint(
 
     m = read_manifest(path, expected_table=expected_table)
     loc = Location.of(path)
-    files = loc.sizes("shards")
+    try:
+        files = loc.sizes("shards")
+    except OSError as err:  # a dangling symlink is damage, a permission error is I/O
+        raise_read_error(path, "its chunks cannot be listed", err)
+    for key in files if loc.local else ():
+        check_inside(loc, path, f"shards/{key}")
     zstore = loc.zarr_store(read_only=True)
     for name, shape in array_shapes(m).items():
         try:
             arr = zarr.open_array(zstore, path=name, mode="r")
         except Exception as err:  # noqa: BLE001 - any failure here means damage
-            raise CheckpointCorruptError(
-                f"Checkpoint {path!r}: array {name!r} cannot be opened: {why(err)}"
-            ) from None
+            raise_read_error(path, f"array {name!r} cannot be opened", err)
         chunks = [m["chunk_rows"], shape[1]]
         if list(arr.shape) != shape or list(arr.chunks) != chunks or arr.dtype != m["dtype"]:
             raise CheckpointCorruptError(
@@ -164,6 +167,8 @@ def restore_store(
             pass  # the read error says more
         raise
     store.last_checkpoint = path
+    # Under a new name, the table still reloads this checkpoint's shards (recovery).
+    store.restored_from = m["name"] if cfg.name != m["name"] else None
     return store
 
 
@@ -172,6 +177,11 @@ def load_shard(store, index: int, path: str, *, step: int | None = None) -> int:
     slots and step from the checkpoint at ``path``, saved with any sharding; returns the
     checkpoint's step. The other shards are not touched. ``step`` sets the shard's step
     instead (e.g. the other shards' one: saves need all shards on the same step).
+
+    The checkpoint must be of this table: its saved name is the table's name, or the name
+    of the table it was restored from under a new one (``EmbeddingStore.restore(path,
+    name=...)`` records it as ``store.restored_from``). A checkpoint of another table,
+    even of the same shape, raises :class:`~shardemb.CheckpointCorruptError` naming both.
 
     Example:
         >>> import os, tempfile, shardemb
@@ -191,6 +201,13 @@ def load_shard(store, index: int, path: str, *, step: int | None = None) -> int:
             f"Checkpoint {path!r} holds a {m['shape']} {m['dtype']} table with slots "
             f"{m['slots']}; table {cfg.name!r} is {[cfg.vocab_size, cfg.dim]} {cfg.dtype} "
             f"with slots {slots}."
+        )
+    own = {cfg.name, getattr(store, "restored_from", None)} - {None}
+    if m["name"] not in own:
+        raise CheckpointCorruptError(
+            f"Checkpoint {path!r} holds table {m['name']!r}, not table {cfg.name!r}"
+            + (f" (restored from {store.restored_from!r})" if len(own) > 1 else "")
+            + "; a shard is only reloaded from its own table's checkpoints."
         )
     if not 0 <= index < cfg.num_shards:
         raise InvalidConfigError(

@@ -18,6 +18,8 @@ class ShardSet(Protocol):
     """The table's configuration (shape, dtype, partition, optimizer)."""
     last_checkpoint: str | None
     """The committed checkpoint a dead shard is restarted from; a save or restore sets it."""
+    restored_from: str | None
+    """The saved table's name when a restore gave the table a new name, else ``None``."""
 
     @property
     def backend_name(self) -> str:

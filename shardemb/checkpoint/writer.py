@@ -18,7 +18,7 @@ from shardemb.checkpoint.format import (
     kill_stage,
     maybe_kill,
 )
-from shardemb.checkpoint.location import Location
+from shardemb.checkpoint.location import Location, io_error
 from shardemb.errors import CheckpointError, InvalidConfigError
 
 
@@ -70,24 +70,10 @@ def save_store(
 
     store.flush()  # push errors surface before anything on disk changes
     loc.prepare_empty()
-    import zarr
-
-    zroot = zarr.create_group(
-        loc.zarr_store(), zarr_format=3, attributes={"shardemb_checkpoint": FORMAT_VERSION}
-    )
-    for s, rows in enumerate(sizes.tolist()):
-        for kind, width in widths.items():
-            zroot.create_array(
-                f"shards/{s}/{kind}",
-                shape=(rows, width),
-                chunks=(chunk_rows, width),
-                dtype=cfg.dtype,
-                compressors=codecs,
-                filters=None,
-                fill_value=0,
-                chunk_key_encoding={"name": "default", "separator": "/"},
-            )
-    loc.fsync_tree()  # the metadata written so far
+    try:
+        _write_metadata(loc, sizes.tolist(), widths, chunk_rows, cfg.dtype, codecs)
+    except OSError as err:  # disk full, permissions: say where
+        raise io_error(path, "the driver could not write its metadata", err) from err
     maybe_kill("before_data", kill_at)
 
     block_rows = chunk_rows * max(1, WRITE_BLOCK_BYTES // (chunk_rows * row_bytes))
@@ -136,7 +122,10 @@ def save_store(
         "arrays": arrays,
     }
     maybe_kill("before_manifest", kill_at)
-    loc.commit(MANIFEST, json.dumps(manifest, indent=1).encode(), kill_at)
+    try:
+        loc.commit(MANIFEST, json.dumps(manifest, indent=1).encode(), kill_at)
+    except OSError as err:
+        raise io_error(path, f"the driver could not write {MANIFEST}", err) from err
     maybe_kill("after_manifest", kill_at)
     store.last_checkpoint = path  # a shard that dies is restarted from here
     return manifest
@@ -151,8 +140,31 @@ def write_shard(
         return _write_arrays(shard, loc, layout, kinds, block_rows, kill_at)
     except OSError as err:  # disk full, permissions: say where
         raise CheckpointError(
-            f"Shard {shard.index} could not write its arrays to {loc.url!r}: {err}"
-        ) from None
+            f"Shard {shard.index} could not write its arrays to {loc.url!r}: I/O error "
+            f"({type(err).__name__}: {err})."
+        ) from err
+
+
+def _write_metadata(loc: Location, sizes: list, widths: dict, chunk_rows, dtype, codecs) -> None:
+    """The driver's part of a save: the root group and every array's metadata, durable."""
+    import zarr
+
+    zroot = zarr.create_group(
+        loc.zarr_store(), zarr_format=3, attributes={"shardemb_checkpoint": FORMAT_VERSION}
+    )
+    for s, rows in enumerate(sizes):
+        for kind, width in widths.items():
+            zroot.create_array(
+                f"shards/{s}/{kind}",
+                shape=(rows, width),
+                chunks=(chunk_rows, width),
+                dtype=dtype,
+                compressors=codecs,
+                filters=None,
+                fill_value=0,
+                chunk_key_encoding={"name": "default", "separator": "/"},
+            )
+    loc.fsync_tree()  # the metadata written so far
 
 
 def _write_arrays(

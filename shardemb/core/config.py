@@ -23,11 +23,19 @@ from shardemb.core.optimizers import SparseOptimizer, get_optimizer
 from shardemb.core.partition import Partition
 from shardemb.errors import InvalidConfigError
 
-__all__ = ["DEVICES", "DTYPES", "TableConfig"]
+__all__ = ["DEVICES", "DTYPES", "TableConfig", "is_safe_name"]
 
 DTYPES = ("float16", "float32", "float64")
 DEVICES = ("cpu", "gpu")
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+# One safe path component (checkpoint folders, actor names): fullmatch, since ``$`` in
+# re.match accepts a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+def is_safe_name(name: object) -> bool:
+    """True for 1-128 letters, digits, ``_.-`` other than ``.`` and ``..``: a name that is
+    one path component everywhere (no separator, no control character)."""
+    return isinstance(name, str) and bool(_NAME.fullmatch(name)) and name not in (".", "..")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +80,10 @@ class TableConfig:
         storage: str | None = None,
     ) -> TableConfig:
         """Validate user arguments (messages name the argument and repeat the value)."""
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not is_safe_name(name):
             raise InvalidConfigError(
-                "`name` must be 1-128 characters of letters, digits, '_', '.' or '-'. "
-                f"Received: name={name!r}"
+                "`name` must be 1-128 characters of letters, digits, '_', '.' or '-' "
+                f"(and not '.' or '..'). Received: name={name!r}"
             )
         for arg, value in (("vocab_size", vocab_size), ("dim", dim), ("num_shards", num_shards)):
             check_positive_int(arg, value)

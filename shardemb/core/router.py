@@ -25,9 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from shardemb.core.partition import Partition, ShardSplit
-from shardemb.errors import InvalidGradientError, InvalidIdsError
+from shardemb.errors import InvalidConfigError, InvalidGradientError, InvalidIdsError
 
-__all__ = ["Deduplicator", "LookupPlan", "assemble", "check_grads", "check_ids", "plan_lookup"]
+__all__ = [
+    "Deduplicator",
+    "LookupPlan",
+    "assemble",
+    "check_dedup",
+    "check_grads",
+    "check_ids",
+    "check_matrix",
+    "plan_lookup",
+]
 
 # Above this many distinct/total ids, deduplication costs more than the rows it saves.
 DEDUP_KEEP_RATIO = 0.7
@@ -38,7 +47,7 @@ SCRATCH_MAX_ROWS = 1 << 24
 
 def check_ids(ids: object, vocab_size: int, *, name: str = "ids") -> np.ndarray:
     """``ids`` as an int64 array, or :class:`InvalidIdsError` naming what is wrong."""
-    arr = np.asarray(ids)
+    arr = _as_array(ids, name, InvalidIdsError)
     if arr.size == 0 and arr.dtype.kind in "fiub":  # np.asarray([]) is float64
         return arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
@@ -61,10 +70,19 @@ def check_ids(ids: object, vocab_size: int, *, name: str = "ids") -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def check_grads(grads: object, ids_shape: tuple, dim: int, *, allow_nonfinite: bool = False):
-    """``grads`` as a float array of shape ``ids_shape + (dim,)``, or
-    :class:`InvalidGradientError`. NaN/Inf are rejected unless ``allow_nonfinite``."""
-    arr = np.asarray(grads)
+def check_grads(
+    grads: object,
+    ids_shape: tuple,
+    dim: int,
+    *,
+    dtype: str | np.dtype | None = None,
+    allow_nonfinite: bool = False,
+):
+    """``grads`` as a float array of shape ``ids_shape + (dim,)`` (cast to ``dtype``, the
+    table's, when given), or :class:`InvalidGradientError`. NaN/Inf are rejected unless
+    ``allow_nonfinite``; finiteness is checked after the cast, so values beyond the
+    table's range (1e39 for float32, 1e5 for float16) are refused too."""
+    arr = _as_array(grads, "grads", InvalidGradientError)
     want = tuple(ids_shape) + (dim,)
     if arr.dtype.kind != "f":
         raise InvalidGradientError(
@@ -74,13 +92,50 @@ def check_grads(grads: object, ids_shape: tuple, dim: int, *, allow_nonfinite: b
         raise InvalidGradientError(
             f"`grads` must have shape ids.shape + (dim,) = {want}. Received: shape={arr.shape}"
         )
+    if dtype is not None and arr.dtype != np.dtype(dtype):
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+            arr = arr.astype(dtype)
     if not allow_nonfinite and arr.size and not np.isfinite(arr).all():
         rows = int((~np.isfinite(arr.reshape(-1, dim))).any(axis=1).sum())
         raise InvalidGradientError(
-            f"`grads` holds NaN or Inf in {rows} row(s) of {arr.size // dim}; nothing was "
-            "applied. Pass allow_nonfinite=True to apply them anyway."
+            f"`grads` holds NaN or Inf in {rows} row(s) of {arr.size // dim} (as "
+            f"{arr.dtype}, the table's dtype: values beyond its range become Inf); nothing "
+            "was applied. Pass allow_nonfinite=True to apply them anyway."
         )
     return arr
+
+
+def check_matrix(matrix: object, shape: tuple[int, int], dtype: str) -> np.ndarray:
+    """``matrix`` (a whole table) as a ``dtype`` array of ``shape``, or
+    :class:`InvalidConfigError`. Finiteness is checked after the cast to ``dtype``: values
+    beyond its range (1e39 for float32) would become Inf rows."""
+    arr = _as_array(matrix, "matrix", InvalidConfigError)
+    if arr.shape != tuple(shape) or arr.dtype.kind not in "fiu":
+        raise InvalidConfigError(
+            f"`matrix` must be a numeric array of shape {tuple(shape)}. "
+            f"Received: shape={arr.shape}, dtype={arr.dtype}"
+        )
+    if arr.dtype != np.dtype(dtype):
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+            arr = arr.astype(dtype)
+    if not np.isfinite(arr).all():
+        raise InvalidConfigError(
+            f"`matrix` holds NaN or Inf as {dtype}, the table's dtype (values beyond its "
+            "range become Inf); the table was left unchanged."
+        )
+    return arr
+
+
+def check_dedup(dedup: object) -> bool | str:
+    """``dedup`` as ``True``, ``False`` or ``"auto"``."""
+    if isinstance(dedup, bool | np.bool_):
+        return bool(dedup)
+    if isinstance(dedup, str) and dedup == "auto":
+        return dedup
+    raise InvalidConfigError(
+        f"`dedup` must be True, False or 'auto'. Received: dedup={dedup!r} "
+        f"(of type {type(dedup).__name__})"
+    )
 
 
 class Deduplicator:
@@ -158,6 +213,22 @@ def assemble(
     out = np.empty_like(grouped)
     out[plan.split.order] = grouped
     return out
+
+
+def _as_array(value: object, name: str, error: type[Exception]) -> np.ndarray:
+    """``np.asarray(value)``, with ragged nested lists reported as ``error``."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise error(
+            f"`{name}` must be a rectangular array (nested lists of equal lengths). "
+            f"Received: {_short_repr(value)} ({err})"
+        ) from err
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _preview(arr: np.ndarray) -> str:

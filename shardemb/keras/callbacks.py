@@ -9,6 +9,7 @@ import keras
 
 from shardemb._validate import check_positive_int
 from shardemb.checkpoint import CheckpointManager, read_manifest
+from shardemb.core.config import is_safe_name
 from shardemb.errors import CheckpointNotFoundError, InvalidConfigError
 from shardemb.keras.layer import ShardedEmbedding
 from shardemb.store import EmbeddingStore
@@ -23,9 +24,11 @@ class TableCheckpoint(keras.callbacks.Callback):
     :class:`~shardemb.CheckpointManager` (its shards write their own rows; the table never
     passes through the trainer), after every ``every_n_epochs`` epochs or every
     ``every_n_batches`` training batches; the last ``keep`` are kept. The step ``N`` is the
-    number of training batches seen so far. :meth:`restore` puts the newest checkpoint of
-    each table back into a model (for instance one rebuilt or loaded after a crash). A
-    store that saved a checkpoint also restarts a dead shard from it.
+    number of training batches seen so far. A layer whose name is not one safe path
+    component (``..``, a ``/``) raises :class:`~shardemb.InvalidConfigError`.
+    :meth:`restore` puts the newest checkpoint of each table back into a model (for
+    instance one rebuilt or loaded after a crash). A store that saved a checkpoint also
+    restarts a dead shard from it.
 
     Example:
         >>> import tempfile, keras, numpy as np, shardemb
@@ -113,5 +116,12 @@ def _sharded_layers(model) -> list[ShardedEmbedding]:
 
 
 def _manager(root: str, layer: ShardedEmbedding, keep):
+    # The layer name becomes a folder under root: it must be one safe path component.
+    if not is_safe_name(layer.name):
+        raise InvalidConfigError(
+            f"TableCheckpoint stores layer {layer.name!r} in root/<layer name>, so the name "
+            "must be 1-128 letters, digits, '_', '.' or '-' (not '.' or '..'); rename the "
+            f"layer. Received: layer name={layer.name!r}, root={root!r}"
+        )
     sep = "/" if "://" in root else os.sep
     return CheckpointManager(root.rstrip("/\\") + sep + layer.name, keep=keep)

@@ -24,7 +24,7 @@ import numpy as np
 import shardemb.store.exchange as exchange
 from shardemb import checkpoint
 from shardemb.core.config import TableConfig
-from shardemb.core.router import Deduplicator, check_grads, check_ids
+from shardemb.core.router import Deduplicator, check_dedup, check_grads, check_ids, check_matrix
 from shardemb.errors import (
     InvalidConfigError,
     ShardRestartedError,
@@ -33,7 +33,7 @@ from shardemb.errors import (
 )
 from shardemb.store.pending import PendingPushes
 from shardemb.store.recovery import recover
-from shardemb.transport.backends import ShardResources, get_backend
+from shardemb.transport.backends import ShardResources, check_timeout, get_backend
 from shardemb.transport.channel import ShmChannel, probe_channel
 
 __all__ = ["EmbeddingStore"]
@@ -68,6 +68,8 @@ class EmbeddingStore:
         #: Path of the latest checkpoint this handle saved or restored from: a shard that
         #: dies is restarted from it.
         self.last_checkpoint: str | None = None
+        #: The saved name when restored under a new one: load_shard accepts its checkpoints.
+        self.restored_from: str | None = None
         self._backend = backend
         self._handles = handles
         self._owner = owner
@@ -124,7 +126,8 @@ class EmbeddingStore:
             backend: ``"ray"`` (default) or ``"inprocess"`` (no Ray, same process).
             address: Ray cluster address; default ``RAY_ADDRESS`` or a local runtime
                 started here (if no ``ray.init`` was called).
-            timeout: seconds any call waits for a shard before :class:`ShardTimeoutError`.
+            timeout: seconds (a positive finite number) any call waits for a shard before
+                :class:`ShardTimeoutError`; ``None`` waits forever.
         """
         config = TableConfig.build(
             name,
@@ -160,6 +163,7 @@ class EmbeddingStore:
         timeout=300.0,
         initialize=True,
     ) -> EmbeddingStore:
+        check_timeout(timeout)  # before any shard starts
         if detached and backend != "ray":
             raise InvalidConfigError("`detached=True` needs backend='ray'.")
         be = get_backend(backend, address)
@@ -191,6 +195,7 @@ class EmbeddingStore:
             2
             >>> s.close()
         """
+        check_timeout(timeout)
         be = get_backend(backend, address)
         config, handles, detached = be.attach(name)
         # A detached table has no owning process: whoever closes it removes it.
@@ -240,6 +245,7 @@ class EmbeddingStore:
         ``dedup`` fetches each distinct id once (``"auto"``: when that pays, i.e. the
         batch is skewed; ``True``/``False`` force it).
         """
+        dedup = check_dedup(dedup)
         ids = check_ids(ids, self.config.vocab_size)
         flat = ids.reshape(-1)
         dim, dtype = self.config.dim, self.config.dtype
@@ -275,9 +281,12 @@ class EmbeddingStore:
         shape or dtype, NaN/Inf) raise here and nothing is applied anywhere.
         """
         ids = check_ids(ids, self.config.vocab_size)
-        grads = check_grads(grads, ids.shape, self.config.dim, allow_nonfinite=allow_nonfinite)
+        cfg = self.config
+        grads = check_grads(
+            grads, ids.shape, cfg.dim, dtype=cfg.dtype, allow_nonfinite=allow_nonfinite
+        )
         flat = ids.reshape(-1)
-        flat_grads = grads.reshape(-1, self.config.dim).astype(self.config.dtype, copy=False)
+        flat_grads = grads.reshape(-1, cfg.dim)
         split = self.config.partition.split(flat)
         with self._lock:
             self._raise_pending()
@@ -290,14 +299,7 @@ class EmbeddingStore:
         """Overwrite every row with ``matrix`` (shape ``(vocab_size, dim)``); optimizer
         slots are kept, as Keras keeps them."""
         cfg = self.config
-        arr = np.asarray(matrix)
-        if arr.shape != (cfg.vocab_size, cfg.dim) or arr.dtype.kind not in "fiu":
-            raise InvalidConfigError(
-                f"`matrix` must be a numeric array of shape {(cfg.vocab_size, cfg.dim)}. "
-                f"Received: shape={arr.shape}, dtype={arr.dtype}"
-            )
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise InvalidConfigError("`matrix` holds NaN or Inf; the table was left unchanged.")
+        arr = check_matrix(matrix, (cfg.vocab_size, cfg.dim), cfg.dtype)
         with self._lock:
             self._raise_pending()
             exchange.write_table(self, arr)

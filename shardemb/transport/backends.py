@@ -12,14 +12,19 @@ of futures), ``kill`` and ``node_of``.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from shardemb.core.config import TableConfig
 from shardemb.errors import (
+    CapacityError,
     ClusterConnectionError,
+    InvalidConfigError,
     ShardembError,
     ShardError,
     ShardTimeoutError,
@@ -30,7 +35,14 @@ from shardemb.errors import (
 from shardemb.shard.shard import Shard
 from shardemb.transport.endpoint import SharedMemoryEndpoint
 
-__all__ = ["BACKENDS", "InProcessBackend", "RayBackend", "ShardResources", "get_backend"]
+__all__ = [
+    "BACKENDS",
+    "InProcessBackend",
+    "RayBackend",
+    "ShardResources",
+    "check_timeout",
+    "get_backend",
+]
 
 BACKENDS = ("ray", "inprocess")
 NAMESPACE = "shardemb"
@@ -91,7 +103,17 @@ class InProcessBackend:
                     f"A table named {config.name!r} already exists in this process. "
                     f"Received: name={config.name!r}"
                 )
-            shards = [Shard(config, i, initialize=initialize) for i in range(config.num_shards)]
+            try:
+                shards = [Shard(config, i, initialize=initialize) for i in range(config.num_shards)]
+            except MemoryError as err:
+                asked = config.vocab_size * config.slot_bytes_per_row()
+                raise CapacityError(
+                    f"Table {config.name!r} does not fit in this process's memory: its rows "
+                    f"and optimizer slots need {asked:,} bytes ({config.vocab_size} rows x "
+                    f"{config.slot_bytes_per_row()} bytes). Use a smaller vocab_size or dim, "
+                    "or backend='ray' on a cluster with more memory. "
+                    f"Received: vocab_size={config.vocab_size}, dim={config.dim}"
+                ) from err
             self._tables[config.name] = shards
         return shards
 
@@ -342,7 +364,11 @@ class _ShardActor(SharedMemoryEndpoint, Shard):
 
 def ensure_ray(address: str | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``), or start a local Ray runtime if none
-    is running. A runtime the caller already started with ``ray.init`` is used as is."""
+    is running. A runtime the caller already started with ``ray.init`` is used as is.
+
+    Without an address a new local runtime is started (``address="local"``): a bare
+    ``ray.init()`` would join whatever cluster another user's ``ray_current_cluster``
+    file in the shared temp folder points to. Clusters are joined only when asked."""
     import ray
 
     if ray.is_initialized():
@@ -363,7 +389,7 @@ def ensure_ray(address: str | None = None) -> None:
                 ray.shutdown()
                 ray.init(address=address, logging_level="WARNING")
         else:
-            ray.init(include_dashboard=False, logging_level="WARNING")
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     except Exception as err:
         ray.shutdown()
         raise ClusterConnectionError(
@@ -390,14 +416,26 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
         ) from None
 
 
+def check_timeout(timeout: object) -> None:
+    """``timeout`` must be a positive finite number of seconds, or ``None`` (no limit)."""
+    if timeout is None:
+        return
+    ok = isinstance(timeout, int | float | np.integer | np.floating) and not isinstance(
+        timeout, bool | np.bool_
+    )
+    if not ok or not math.isfinite(timeout) or timeout <= 0:
+        raise InvalidConfigError(
+            "`timeout` must be a positive finite number of seconds or None (no limit). "
+            f"Received: timeout={timeout!r} (of type {type(timeout).__name__})"
+        )
+
+
 def get_backend(backend: str, address: str | None = None):
     """The backend called ``backend`` (one of :data:`BACKENDS`)."""
     if backend == "ray":
         return RayBackend(address)
     if backend == "inprocess":
         return InProcessBackend()
-    from shardemb.errors import InvalidConfigError
-
     raise InvalidConfigError(f"`backend` must be one of {BACKENDS}. Received: backend={backend!r}")
 
 

@@ -41,7 +41,7 @@ class RequestBuffers:
         return (self._ids.name, self._pos.name, self._rows.name)
 
     def reserve(self, n: int) -> None:
-        if n <= self.capacity:
+        if n <= self.capacity and self._ids is not None:  # also for n == 0: map them once
             return
         self.close()
         # Grow geometrically: shards map each new buffer once.
