@@ -102,3 +102,31 @@ def test_the_sweep_spares_live_owners_in_other_pid_namespaces_and_other_users(sm
         holder.wait(timeout=30)
     shm._sweep_stale()
     assert not live.exists()  # its owner died: swept
+
+
+def test_a_full_shared_memory_falls_back_to_ray_with_one_warning(monkeypatch, table_name):
+    import shardemb
+    from shardemb.transport.channel import RequestBuffers
+
+    with shardemb.EmbeddingStore.create(
+        table_name,
+        1000,
+        8,
+        num_shards=2,
+        optimizer={"name": "sgd", "learning_rate": 1.0},
+        initializer="zeros",
+        seed=0,
+    ) as store:
+        assert store.lookup([1]).shape == (1, 8)
+        assert store._channel() is not None  # co-located shards use shared memory
+
+        def full(self, n):
+            raise OSError(errno.ENOSPC, "no space left in the shared-memory folder")
+
+        monkeypatch.setattr(RequestBuffers, "reserve", full)
+        ids = np.arange(0, 1000, 7)
+        with pytest.warns(RuntimeWarning, match="shared memory is too small") as seen:
+            store.apply_gradients(ids, np.ones((ids.size, 8), np.float32))
+            rows = store.lookup(ids)
+        assert len(seen) == 1 and store._channel() is None
+        np.testing.assert_array_equal(rows, -np.ones((ids.size, 8), np.float32))

@@ -27,6 +27,8 @@ def lookup(store, flat: np.ndarray, dedup) -> np.ndarray:
     split = plan.split
     n = split.local.size
     channel = store._channel()
+    if channel is not None and not _reserve(store, channel.lookup, n):
+        channel = None
     if channel is None:
         asked = [s for s in range(cfg.num_shards) if split.bounds[s + 1] > split.bounds[s]]
         futures = [
@@ -38,7 +40,6 @@ def lookup(store, flat: np.ndarray, dedup) -> np.ndarray:
     # Shards write each row straight to its final place in shared memory: at its
     # asked position, or for a deduplicated plan at its grouped position.
     buf = channel.lookup
-    buf.reserve(n)
     buf.ids(n)[:] = split.local
     dest = split.order if plan.inverse is None else np.arange(n)
     buf.pos(n)[:] = dest
@@ -66,7 +67,9 @@ def push(store, split, flat_grads: np.ndarray) -> None:
     channel = store._channel()
     if channel is not None:
         buf = channel.next_push(store._backend, store.timeout)
-        buf.reserve(split.local.size)
+        if not _reserve(store, buf, split.local.size):
+            channel = None
+    if channel is not None:
         buf.ids(split.local.size)[:] = split.local
         np.take(flat_grads, split.order, axis=0, out=buf.rows(split.local.size), mode="clip")
     # Every shard gets the call, also with no rows, so all agree on the step count.
@@ -121,3 +124,14 @@ def _blocks(part):
     sizes = part.shard_sizes().tolist()
     for start in range(0, max(sizes), BLOCK_ROWS):
         yield [(s, start, min(start + BLOCK_ROWS, n)) for s, n in enumerate(sizes) if start < n]
+
+
+def _reserve(store, buf, n: int) -> bool:
+    """Make room for ``n`` rows in shared memory; when ``/dev/shm`` is too small, warn once
+    and send this table's rows through Ray from now on (slower, never a crash)."""
+    try:
+        buf.reserve(n)
+    except OSError as err:
+        store._drop_channel(err)
+        return False
+    return True

@@ -43,12 +43,17 @@ class RequestBuffers:
     def reserve(self, n: int) -> None:
         if n <= self.capacity and self._ids is not None:  # also for n == 0: map them once
             return
-        self.close()
         # Grow geometrically: shards map each new buffer once.
-        self.capacity = max(n, 2 * self.capacity, 4096)
-        self._ids = ShmSegment.create(self.capacity * 8)
-        self._pos = ShmSegment.create(self.capacity * 8)
-        self._rows = ShmSegment.create(self.capacity * self.dim * self.dtype.itemsize)
+        capacity = max(n, 2 * self.capacity, 4096)
+        self.close()
+        try:
+            self._ids = ShmSegment.create(capacity * 8)
+            self._pos = ShmSegment.create(capacity * 8)
+            self._rows = ShmSegment.create(capacity * self.dim * self.dtype.itemsize)
+        except BaseException:
+            self.close()  # no half-made set: the next reserve starts again
+            raise
+        self.capacity = capacity
 
     def ids(self, n: int) -> np.ndarray:
         return self._ids.array(np.int64, (n,))
