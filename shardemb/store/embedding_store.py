@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import threading
-import warnings
 import weakref
 from typing import Any
 
@@ -433,18 +432,6 @@ class EmbeddingStore:
                 self._backend, self._handles, self.config.dim, self.config.dtype, self._get
             )
         return self._shm
-
-    def _drop_channel(self, err: OSError) -> None:
-        """Stop using shared memory (it is full): one warning, then Ray's transfer."""
-        warnings.warn(
-            f"Table {self.config.name!r}: shared memory is too small ({err}); its rows go "
-            "through Ray's object transfer from now on (slower). Give /dev/shm more room "
-            "(e.g. docker run --shm-size=2g) to keep the fast path.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        self._reset_channel()
-        self._shm_probed = True  # do not probe again
 
     def _reset_channel(self) -> None:
         """Close the channel; the next call probes again."""

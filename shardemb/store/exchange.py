@@ -7,6 +7,8 @@ validated the ids and gradients.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from shardemb.core.router import assemble, plan_lookup
@@ -132,6 +134,14 @@ def _reserve(store, buf, n: int) -> bool:
     try:
         buf.reserve(n)
     except OSError as err:
-        store._drop_channel(err)
+        warnings.warn(
+            f"Table {store.config.name!r}: shared memory is too small ({err}); its rows go "
+            "through Ray's object transfer from now on (slower). Give /dev/shm more room "
+            "(e.g. docker run --shm-size=2g) to keep the fast path.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        store._reset_channel()
+        store._shm_probed = True  # do not probe again
         return False
     return True
