@@ -2,5 +2,6 @@
 
 Each section lives in its own module and exposes ``run(ctx) -> dict`` (JSON-ready);
 :mod:`benchmarks.run` starts Ray once, runs the sections, writes the JSON and plots, and
-regenerates the tables of ``benchmarks/README.md`` (:mod:`benchmarks.report`).
+with ``--update-readme`` regenerates the tables of ``benchmarks/README.md``
+(:mod:`benchmarks.report`).
 """

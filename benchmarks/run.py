@@ -1,16 +1,18 @@
 """Run the shardemb benchmarks: JSON, plots, and the tables of benchmarks/README.md.
 
     python -m benchmarks.run [--quick | --smoke] [--address HOST:PORT] [--out DIR]
-                             [--only SECTION,...] [--skip SECTION,...] [--no-readme]
+                             [--only SECTION,...] [--skip SECTION,...] [--update-readme]
     shardemb bench [same arguments]          # from a source checkout
 
 Sections: bandwidth, headline, lookup, profile, memory, checkpoint, scaling, train.
 ``--quick`` takes about two minutes on a 2-core machine; the full run prints its expected
 duration first. Results go to ``--out`` (default ``benchmarks/out/<timestamp>/``):
 ``results.json`` (written after every section, so a stopped run keeps what it measured)
-and one PNG per section; the README's tables between ``<!-- results:NAME -->`` markers are
-regenerated from it (not with ``--smoke`` unless ``--readme`` is given). Ray is started
-once (``ray.init(num_cpus=...)``) unless ``--address`` names a cluster.
+and one PNG per section. Nothing outside ``--out`` changes unless asked: with
+``--update-readme`` the committed README's tables between ``<!-- results:NAME -->``
+markers and its plots in ``benchmarks/img/`` are regenerated from the run (``--readme
+PATH`` rewrites the tables of another copy instead). Ray is started once
+(``ray.init(num_cpus=...)``) unless ``--address`` names a cluster.
 """
 
 from __future__ import annotations
@@ -81,8 +83,14 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     p.add_argument("--out", help="output folder (default: benchmarks/out/<timestamp>/)")
     p.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")
     p.add_argument("--skip", help="comma-separated sections to leave out")
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README tables")
-    p.add_argument("--readme", help="README to rewrite (default: benchmarks/README.md)")
+    readme = p.add_mutually_exclusive_group()
+    readme.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="rewrite the tables and plots of the committed benchmarks/README.md",
+    )
+    readme.add_argument("--readme", help="rewrite the tables of this README (a copy) instead")
+    readme.add_argument("--no-readme", action="store_true", help=argparse.SUPPRESS)  # default
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--num-cpus",
@@ -141,6 +149,11 @@ def _write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _target(target) -> str:
+    """`` (target 2x)``, or nothing for a size that has no target (``--smoke``)."""
+    return "" if target is None else f" (target {target}x)"
+
+
 def _summary(results: dict) -> list[str]:
     """The headline numbers, one line each."""
     lines = []
@@ -150,13 +163,14 @@ def _summary(results: dict) -> list[str]:
     for m in h.get("modes", []):
         lines.append(f"headline lookup ({h['ids']:,} Zipf ids, {h['table_rows']:,} x {h['dim']},"
                      f" {h['shards']} shards, {m['backend']}) dedup={m['dedup']}: "
-                     f"{m['ratio']:.2f}x np.take (target {h['target']}x)")  # fmt: skip
+                     f"{m['ratio']:.2f}x np.take{_target(h.get('target'))}")  # fmt: skip
     for c in results.get("train", {}).get("cases", []):
         keras = c.get("keras_steps_per_s")
         vs = (f"{keras:.2f} steps/s = {c['ratio']:.2f}x keras" if keras
               else f"keras n/a ({c.get('keras_error')})")  # fmt: skip
+        target = _target(c.get("target"))
         lines.append(f"train {c['model']} {c['rows']:,} rows {c['optimizer']}: "
-                     f"{c['sharded_steps_per_s']:.2f} vs {vs} (target {c['target']}x)")  # fmt: skip
+                     f"{c['sharded_steps_per_s']:.2f} vs {vs}{target}")  # fmt: skip
     for name, r in results.items():
         if isinstance(r, dict) and "error" in r:
             lines.append(f"{name}: FAILED ({r['error']})")
@@ -167,7 +181,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     if args.render:
         return _render(args)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     stamp = dt.datetime.now(dt.UTC)
     out = args.out or os.path.join(ROOT, "benchmarks", "out", stamp.strftime("%Y%m%d-%H%M%S"))
@@ -235,7 +249,7 @@ def _finish(args, results: dict, meta: dict, out: str) -> None:
     from benchmarks.report import update_readme
 
     pngs = plot_all(results, out, meta["machine"]["logical_cores"])
-    readme = args.readme or (None if (args.no_readme or args.mode == "smoke") else README)
+    readme = args.readme or (README if args.update_readme else None)
     if readme:
         if readme == README:  # the README shows the plots of the run that wrote it
             os.makedirs(IMG, exist_ok=True)

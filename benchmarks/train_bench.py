@@ -200,7 +200,7 @@ def _keras_in_child(kind: str, rows: int, optimizer: str, data: list[dict], y, b
 
 def _child(argv: list[str]) -> int:
     src, dst, kind, rows, optimizer, batch, rounds = argv
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     z = np.load(src)
     data = [{"user": z[f"user{i}"], "item": z[f"item{i}"]} for i in range(int(rounds))]
     times = _rounds(_Native(kind, int(rows), optimizer), data, z["y"], int(batch))
@@ -330,7 +330,7 @@ def _bench_rows(ctx: Context, rows: int, optimizer: str, s: dict, floor: bool) -
 
 
 def run_train(ctx: Context) -> dict:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     s = SIZES[ctx.mode]
     # The hungriest Keras baseline first: this process has not imported TensorFlow or
     # trained anything yet, which leaves the most memory to the Keras child process.

@@ -1,5 +1,10 @@
 """``python -m shardemb ...`` is the ``shardemb`` command."""
 
-from shardemb.cli import main
+import os
+
+# Before anything imports TensorFlow: its C++ start-up logging reads this once.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from shardemb.cli import main  # noqa: E402
 
 raise SystemExit(main())

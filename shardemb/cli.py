@@ -11,7 +11,9 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import re
 import sys
 from typing import TYPE_CHECKING
@@ -41,12 +43,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class _Parser(argparse.ArgumentParser):
     """A sub-command's parser. Its ``func`` default may name the implementation as
     ``"module:name"``: it is imported after parsing, so only the chosen command's module
-    loads. ``check(parser, args)`` runs after parsing and may call ``parser.error``."""
+    loads. ``check(parser, args)`` runs after parsing and may call ``parser.error``.
+    A usage error is one ``shardemb: error: ...`` line on stderr and exit code 2."""
 
     def __init__(self, *args, check=None, **kwargs):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
         self._check = check
+
+    def error(self, message: str):
+        self.exit(2, f"shardemb: error: {message} (see '{self.prog} --help')\n")
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, rest = super().parse_known_args(args, namespace)
@@ -61,8 +67,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``shardemb`` parser; each leaf sets ``func``: call ``args.func(args)``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shardemb",
+        formatter_class=argparse.HelpFormatter,
         description="The shardemb command: train the demo, inspect checkpoints, run a local "
         "multi-node Ray cluster, run the benchmarks.",
         epilog="Run 'shardemb COMMAND --help' for the flags of a command.",
@@ -75,9 +82,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that may import TensorFlow (directly or in the benchmarks they run).
+_TENSORFLOW_COMMANDS = ("demo", "bench", "cluster")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    """``shardemb COMMAND ...``; returns the exit code (2 with one ``shardemb: error: ...``
+    line on stderr for a bad flag, a bad input or a failed run)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_tensorflow_logs()
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        quiet_tensorflow_startup()
     return _guard(lambda: args.func(args))
+
+
+def quiet_tensorflow_logs() -> None:
+    """Default TensorFlow's C++ log level to errors only (``TF_CPP_MIN_LOG_LEVEL=3``);
+    a level the user set is kept. Call it before anything imports TensorFlow."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def quiet_tensorflow_startup() -> None:
+    """Import TensorFlow now, with its start-up lines (oneDNN, CUDA probing, ``cuInit``)
+    hidden: they are written to stderr before its log level takes effect, so only
+    silencing file descriptor 2 for the import hides them. Does nothing if TensorFlow is
+    already imported or the user set ``TF_CPP_MIN_LOG_LEVEL`` below 3."""
+    quiet_tensorflow_logs()
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] != "3":
+        return
+    with _stderr_silenced():
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the CUDA probe logs on first use
+        except Exception:  # noqa: BLE001 - the command's own import reports it, loudly
+            return
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def cluster_main(argv: list[str] | None = None) -> int:
@@ -86,6 +139,7 @@ def cluster_main(argv: list[str] | None = None) -> int:
     """
     from shardemb.errors import ClusterConnectionError, InvalidConfigError
 
+    quiet_tensorflow_logs()
     args = build_parser().parse_args(["cluster", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.func(args)
@@ -99,7 +153,7 @@ def _guard(fn) -> int:
 
     try:
         return int(fn() or 0)
-    except ShardembError as err:
+    except (ShardembError, OSError) as err:  # OSError: a folder that cannot be written...
         print(f"shardemb: error: {err}", file=sys.stderr)
         return 2
 
@@ -165,7 +219,12 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         help="where the shards run: Ray actors or in this process",
     )
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    p.add_argument("--out", default=d.out, help="folder for checkpoints and results")
+    p.add_argument(
+        "--out",
+        default=d.out,
+        help="folder for checkpoints and results; a run without --resume replaces the "
+        "previous run's there",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument(
         "--restore-shards", type=int, help="restore onto this many shards (with --resume)"
@@ -186,14 +245,24 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 def _check_demo_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from shardemb.recsys.demo_config import DEFAULT_LEARNING_RATES
 
-    for name in _DEMO_POSITIVE:
-        if getattr(args, name) <= 0:
+    for name in (*_DEMO_POSITIVE, "temperature", "learning_rate", "restore_shards"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
             flag = "--" + name.replace("_", "-")
-            parser.error(f"{flag} must be positive. Received: {getattr(args, name)}")
+            parser.error(f"{flag} must be positive. Received: {value}")
     if args.learning_rate is None:
         args.learning_rate = DEFAULT_LEARNING_RATES[args.optimizer]
     if args.restore_shards is not None and not args.resume:
         parser.error("--restore-shards needs --resume (it restores the latest checkpoint)")
+    if args.data is not None:
+        if not os.path.exists(args.data):
+            parser.error(f"--data: no such file: {args.data}")
+        if not os.path.isfile(args.data):
+            parser.error(f"--data: {args.data} is not a file")
+        if not os.access(args.data, os.R_OK):
+            parser.error(f"--data: {args.data} cannot be read (permission denied)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out: {args.out} is a file, not a folder")
 
 
 def _demo_config(args: argparse.Namespace):

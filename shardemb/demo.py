@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 
@@ -31,19 +32,25 @@ __all__ = ["DemoConfig", "run"]
 
 
 # -- data ---------------------------------------------------------------------------------
-def load_data(cfg: DemoConfig, out: str):
+#: What a run writes in its ``--out`` folder (the only names a fresh run will remove).
+RUN_OUTPUTS = ("checkpoints", "mappings", "state.json", "results.json", "training.png")
+
+
+def read_data(cfg: DemoConfig):
+    """The raw MovieLens ratings of ``--data`` (``None`` for the synthetic log); reading
+    them first checks the file before anything is written."""
+    from shardemb.recsys import load_ratings
+
+    return load_ratings(cfg.data, cfg.format) if cfg.data else None
+
+
+def load_data(cfg: DemoConfig, out: str, raw=None):
     """Encoded train/test logs and the id mappings (reused from ``out`` on resume)."""
     from shardemb.errors import DataFormatError, ShardembError
-    from shardemb.recsys import (
-        IdMapping,
-        encode,
-        load_ratings,
-        synthetic_interactions,
-        train_test_split,
-    )
+    from shardemb.recsys import IdMapping, encode, synthetic_interactions, train_test_split
 
     if cfg.data:
-        raw = load_ratings(cfg.data, cfg.format)
+        raw = read_data(cfg) if raw is None else raw
         users_path = os.path.join(out, "mappings", "users.json")
         items_path = os.path.join(out, "mappings", "items.json")
         if cfg.resume and os.path.exists(users_path):
@@ -69,6 +76,38 @@ def load_data(cfg: DemoConfig, out: str):
         num_users, num_items = cfg.users, cfg.items
     train, test = train_test_split(log)
     return train, test, num_users, num_items
+
+
+def _check_out(out: str, resume: bool) -> list[str]:
+    """The previous run's outputs that a fresh run in ``out`` replaces (none with
+    ``resume``); raises if ``out`` is not a folder or holds files no run wrote."""
+    from shardemb.errors import InvalidConfigError
+
+    if not os.path.exists(out):
+        return []
+    if not os.path.isdir(out):
+        raise InvalidConfigError(f"--out {out} is a file, not a folder.")
+    names = os.listdir(out)
+    foreign = sorted(n for n in names if n not in RUN_OUTPUTS and ".tmp-" not in n)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise InvalidConfigError(
+            f"--out {out} holds files that no demo run wrote ({shown}); a new run would "
+            "replace that folder's outputs: choose an empty or new folder."
+        )
+    return [] if resume else sorted(names)
+
+
+def _replace_previous_run(out: str, names: list[str]) -> None:
+    import shutil
+
+    for name in names:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    print(f"replacing the previous run in {out} (pass --resume to continue it instead)")
 
 
 # -- model --------------------------------------------------------------------------------
@@ -132,7 +171,14 @@ def _evaluate(user_table, item_table, train, test, eval_users: int, seed: int) -
         train.ratings[keep_train],
         train.timestamps[keep_train],
     )
-    return evaluate(user_table, item_table, sub_train, sub_test, k=10)
+    return _at_10(evaluate(user_table, item_table, sub_train, sub_test, k=10))
+
+
+def _at_10(metrics: dict) -> dict:
+    """``{"recall": r, "ndcg": n, ...}`` at k=10 as the demo reports it: ``recall@10``,
+    ``ndcg@10`` (the other keys, such as ``users``, as they are)."""
+    named = {"recall": "recall@10", "ndcg": "ndcg@10"}
+    return {named.get(k, k): v for k, v in metrics.items()}
 
 
 # -- run ----------------------------------------------------------------------------------
@@ -144,8 +190,17 @@ def run(cfg: DemoConfig) -> dict:
 
     t_start = time.perf_counter()
     out = os.path.abspath(cfg.out)
+    # Every input is checked before anything is written or removed.
+    previous = _check_out(out, cfg.resume)
+    raw = read_data(cfg)
+    if cfg.backend == "ray":
+        from shardemb.transport.backends import ensure_ray
+
+        ensure_ray(cfg.address)
+    if previous:
+        _replace_previous_run(out, previous)
     os.makedirs(out, exist_ok=True)
-    train, test, num_users, num_items = load_data(cfg, out)
+    train, test, num_users, num_items = load_data(cfg, out, raw)
     counts = np.bincount(train.items, minlength=num_items).astype(np.float64) + 1.0
     item_log_prob = np.log(counts / counts.sum())
     print(
@@ -153,10 +208,6 @@ def run(cfg: DemoConfig) -> dict:
         f"{len(test):,} test interactions"
     )
 
-    if cfg.backend == "ray":
-        from shardemb.transport.backends import ensure_ray
-
-        ensure_ray(cfg.address)
     managers = {
         t: CheckpointManager(os.path.join(out, "checkpoints", t), keep=cfg.keep_checkpoints)
         for t in ("users", "items")
@@ -201,9 +252,10 @@ def run(cfg: DemoConfig) -> dict:
     model = build_model(user_layer, item_layer, item_log_prob, cfg.temperature)
     model.compile(_keras_optimizer(cfg.optimizer, cfg.learning_rate), in_batch_softmax_loss)
 
-    baseline = popularity_baseline(train, test, num_items, k=10)
+    baseline = _at_10(popularity_baseline(train, test, num_items, k=10))
     print(
-        f"most-popular baseline: recall@10 {baseline['recall']:.4f}, NDCG@10 {baseline['ndcg']:.4f}"
+        f"most-popular baseline: recall@10 {baseline['recall@10']:.4f}, "
+        f"NDCG@10 {baseline['ndcg@10']:.4f}"
     )
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -225,16 +277,16 @@ def run(cfg: DemoConfig) -> dict:
             {
                 "epoch": epoch + 1,
                 "loss": loss,
-                "recall@10": metrics["recall"],
-                "ndcg@10": metrics["ndcg"],
+                "recall@10": metrics["recall@10"],
+                "ndcg@10": metrics["ndcg@10"],
                 "train_seconds": train_s,
                 "checkpoint_seconds": ckpt_s,
             }
         )
         _atomic_json(state_path, {"epoch": epoch + 1, "history": history})
         print(
-            f"  loss {history[-1]['loss']:.4f}  recall@10 {metrics['recall']:.4f}  "
-            f"NDCG@10 {metrics['ndcg']:.4f}  ({train_s:.1f} s train, {ckpt_s:.2f} s checkpoint)"
+            f"  loss {history[-1]['loss']:.4f}  recall@10 {metrics['recall@10']:.4f}  "
+            f"NDCG@10 {metrics['ndcg@10']:.4f}  ({train_s:.1f} s train, {ckpt_s:.2f} s checkpoint)"
         )
 
     results = {
@@ -290,8 +342,8 @@ def _train_keras(cfg, train, test, num_users, num_items, item_log_prob) -> dict:
             {
                 "epoch": epoch + 1,
                 "loss": loss,
-                "recall@10": m["recall"],
-                "ndcg@10": m["ndcg"],
+                "recall@10": m["recall@10"],
+                "ndcg@10": m["ndcg@10"],
                 "train_seconds": train_s,
             }
         )
@@ -309,7 +361,8 @@ def _fit_epoch(model, train, epoch: int, cfg: DemoConfig) -> tuple[float, float]
         batch_size=cfg.batch_size,
         epochs=1,
         shuffle=False,
-        verbose=1,
+        # A progress bar redraws with escape codes: one line per epoch when redirected.
+        verbose=1 if sys.stdout.isatty() else 2,
     )
     return float(fit.history["loss"][-1]), time.perf_counter() - t0
 
@@ -346,7 +399,7 @@ def _plot(history, baseline, keras_result, path: str) -> None:
             "s--",
             label="keras.layers.Embedding",
         )
-    ax2.axhline(baseline["recall"], color="gray", linestyle=":", label="most popular")
+    ax2.axhline(baseline["recall@10"], color="gray", linestyle=":", label="most popular")
     ax1.set(xlabel="epoch", ylabel="training loss", title="Loss")
     ax2.set(xlabel="epoch", ylabel="recall@10", title="Recall@10 (held-out, full catalogue)")
     for ax in (ax1, ax2):
@@ -367,6 +420,6 @@ def _summary(results: dict, out: str) -> None:
     if "keras_embedding" in results:
         k = results["keras_embedding"]["final"]
         print(f"  {'keras.layers.Embedding':<28}{k['recall@10']:>10.4f}{k['ndcg@10']:>10.4f}")
-    print(f"  {'most popular':<28}{pop['recall']:>10.4f}{pop['ndcg']:>10.4f}")
+    print(f"  {'most popular':<28}{pop['recall@10']:>10.4f}{pop['ndcg@10']:>10.4f}")
     print(f"checkpoints: {os.path.join(out, 'checkpoints')}")
     print(f"results:     {os.path.join(out, 'results.json')}, {os.path.join(out, 'training.png')}")

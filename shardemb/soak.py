@@ -71,6 +71,8 @@ def _work(args, seed: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports TensorFlow (here or in the spawned workers, which inherit it).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", help="Ray address (default: start a local runtime)")
     parser.add_argument("--name", default="soak")

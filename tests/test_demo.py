@@ -139,3 +139,35 @@ def test_bad_data_names_file_and_line(content, match, tmp_path, capsys):
     )
     assert code == 2
     assert np.any([m for m in [__import__("re").search(match, capsys.readouterr().err, 16)]])
+
+
+def _steps(out):
+    return {
+        t: sorted(p.name for p in (out / "checkpoints" / t).iterdir()) for t in ("users", "items")
+    }
+
+
+def test_a_second_fresh_run_replaces_the_first_and_resume_continues(tmp_path, capsys):
+    out = tmp_path / "run"
+    demo_main([*TINY, "--epochs", "4", "--out", str(out)])
+    capsys.readouterr()
+    demo_main([*TINY, "--epochs", "3", "--out", str(out)])  # used to die on step-4
+    assert "replacing the previous run" in capsys.readouterr().out
+    # Exactly the checkpoints of one 3-epoch run (keep=2), none left from the first.
+    assert _steps(out) == {"users": ["step-2", "step-3"], "items": ["step-2", "step-3"]}
+    assert [h["epoch"] for h in _results(out)["history"]] == [1, 2, 3]
+    demo_main([*TINY, "--epochs", "5", "--out", str(out), "--resume"])
+    assert "replacing" not in capsys.readouterr().out
+    assert _steps(out) == {"users": ["step-4", "step-5"], "items": ["step-4", "step-5"]}
+    assert [h["epoch"] for h in _results(out)["history"]] == [1, 2, 3, 4, 5]
+
+
+def test_a_fresh_run_refuses_a_folder_with_other_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "results.json").write_text("{}")
+    assert cli_main(["demo", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("shardemb: error:") and "notes.txt" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "results.json"]
