@@ -61,12 +61,16 @@ def small_shm(tmp_path, monkeypatch):
     """A 1 MiB tmpfs standing in for /dev/shm (as Docker's 64 MiB default, only smaller)."""
     mnt = tmp_path / "shm"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)])
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+    )
     if done.returncode != 0:
         pytest.skip("mounting a tmpfs needs root")
     monkeypatch.setattr(shm, "SHM_DIR", str(mnt))
     yield mnt
-    subprocess.run(["umount", "-l", str(mnt)])
+    subprocess.run(["umount", "-l", str(mnt)], timeout=30)
 
 
 def test_a_buffer_larger_than_free_shared_memory_raises_instead_of_sigbus(small_shm):
