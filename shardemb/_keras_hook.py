@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.util
 import sys
 
 _LAYER_MODULE = "shardemb.keras.layer"

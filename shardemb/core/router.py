@@ -92,9 +92,8 @@ def check_grads(
         raise InvalidGradientError(
             f"`grads` must have shape ids.shape + (dim,) = {want}. Received: shape={arr.shape}"
         )
-    if dtype is not None and arr.dtype != np.dtype(dtype):
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
-            arr = arr.astype(dtype)
+    if dtype is not None:
+        arr = _cast(arr, dtype)
     if not allow_nonfinite and arr.size and not np.isfinite(arr).all():
         rows = int((~np.isfinite(arr.reshape(-1, dim))).any(axis=1).sum())
         raise InvalidGradientError(
@@ -115,15 +114,21 @@ def check_matrix(matrix: object, shape: tuple[int, int], dtype: str) -> np.ndarr
             f"`matrix` must be a numeric array of shape {tuple(shape)}. "
             f"Received: shape={arr.shape}, dtype={arr.dtype}"
         )
-    if arr.dtype != np.dtype(dtype):
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
-            arr = arr.astype(dtype)
+    arr = _cast(arr, dtype)
     if not np.isfinite(arr).all():
         raise InvalidConfigError(
             f"`matrix` holds NaN or Inf as {dtype}, the table's dtype (values beyond its "
             "range become Inf); the table was left unchanged."
         )
     return arr
+
+
+def _cast(arr: np.ndarray, dtype) -> np.ndarray:
+    """``arr`` as ``dtype``; values beyond its range become Inf for the caller to report."""
+    if arr.dtype == np.dtype(dtype):
+        return arr
+    with np.errstate(over="ignore", invalid="ignore"):
+        return arr.astype(dtype)
 
 
 def check_dedup(dedup: object) -> bool | str:

@@ -433,8 +433,9 @@ class EmbeddingStore:
             )
         return self._shm
 
-    def _reset_channel(self) -> None:
-        """Close the channel; the next call probes again."""
+    def _reset_channel(self, *, probe_again: bool = True) -> None:
+        """Close the channel; the next call probes again (unless ``probe_again=False``:
+        then this table stays on Ray's transfer)."""
         if self._shm is not None:
             self._shm.close()
-        self._shm, self._shm_probed = None, False
+        self._shm, self._shm_probed = None, not probe_again

@@ -141,7 +141,6 @@ def _reserve(store, buf, n: int) -> bool:
             RuntimeWarning,
             stacklevel=4,
         )
-        store._reset_channel()
-        store._shm_probed = True  # do not probe again
+        store._reset_channel(probe_again=False)
         return False
     return True
