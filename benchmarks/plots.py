@@ -189,8 +189,50 @@ def plot_profile(r: dict, out: str, cores: int) -> str:
     return _save(fig, out, "profile")
 
 
+def _short(label: str) -> str:
+    """A tables_bench variant's label on three short lines."""
+    for long, short in (("ShardedEmbedding", "Sharded"), ("keras Embedding", "Keras"),
+                        (" + ", "\n+ "), (", ", "\n")):  # fmt: skip
+        label = label.replace(long, short)
+    return label
+
+
+def plot_tables(r: dict, out: str, cores: int) -> str:
+    """Step time against the number of tables (the sweep), and each model's variants."""
+    from benchmarks.tables_bench import LABELS
+
+    plt = _plt()
+    cases = r["cases"]
+    fig, axes = plt.subplots(1, 1 + len(cases), figsize=(5 + 5.5 * len(cases), 4))
+    ax, sw = axes[0], r["sweep"]
+    pts = sorted(sw["points"], key=lambda p: p["tables"])
+    n = [p["tables"] for p in pts]
+    ax.plot(n, [1e3 * p["step_s"] for p in pts], "o-", label="ShardedEmbedding")
+    ax.plot(n, [1e3 * p["floor_step_s"] for p in pts], "k--", label="floor (1k-row tables)")
+    for p in pts:
+        ax.annotate(f"{p['vs_ref']['ratio']:.1f}x", (p["tables"], 1e3 * p["step_s"]),
+                    ha="center", va="bottom", fontsize=7)  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel="tables (same rows in all)", ylabel="ms per step",
+           title=f"{sw['total_rows']:,} x {sw['dim']} rows; x: vs {sw['ref']} tables")  # fmt: skip
+    _plain_ticks(ax, n)
+    for ax, c in zip(axes[1:], cases, strict=True):
+        names = list(c["variants"])
+        colors = {"sharded": "C0", "keras": "C1", "floor": "lightgray"}
+        ax.bar(range(len(names)), [1e3 * c["variants"][v]["step_s"] for v in names],
+               color=[colors[v.split("_")[0]] for v in names],
+               hatch=["//" if "xla" in v else "" for v in names])  # fmt: skip
+        ax.set_xticks(range(len(names)), [_short(LABELS[v]) for v in names], fontsize=6)
+        ax.set(ylabel="ms per step", title=f"{c['case']} ({c['optimizer']})")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Many tables, batch {r['batch']:,} ({cores}-core machine)")
+    return _save(fig, out, "tables")
+
+
 PLOTS = {"lookup": plot_lookup, "train": plot_train, "scaling": plot_scaling,
-         "checkpoint": plot_checkpoint, "memory": plot_memory, "profile": plot_profile}  # fmt: skip
+         "checkpoint": plot_checkpoint, "memory": plot_memory, "profile": plot_profile,
+         "tables": plot_tables}  # fmt: skip
 
 
 def matplotlib_scalar():

@@ -4,7 +4,8 @@
                              [--only SECTION,...] [--skip SECTION,...] [--update-readme]
     shardemb bench [same arguments]          # from a source checkout
 
-Sections: bandwidth, headline, lookup, profile, memory, checkpoint, scaling, train.
+Sections: startup, bandwidth, headline, lookup, profile, memory, checkpoint, dynamic, scaling,
+train, tables.
 ``--quick`` takes about two minutes on a 2-core machine; the full run prints its expected
 duration first. Results go to ``--out`` (default ``benchmarks/out/<timestamp>/``):
 ``results.json`` (written after every section, so a stopped run keeps what it measured)
@@ -28,7 +29,11 @@ import sys
 import time
 import traceback
 
+from benchmarks import report
 from benchmarks.common import Context, git_revision, machine_info, versions
+from benchmarks.dynamic_bench import block_dynamic
+from benchmarks.startup_bench import block_startup
+from benchmarks.tables_bench import block_tables
 
 __all__ = ["SECTIONS", "main"]
 
@@ -38,29 +43,41 @@ IMG = os.path.join(ROOT, "benchmarks", "img")
 
 #: name -> (module, function); run in this order.
 SECTIONS = {
+    # First, on a machine no other section has loaded yet: fresh processes, each its own Ray.
+    "startup": ("benchmarks.startup_bench", "run_startup"),
     "bandwidth": ("benchmarks.lookup_bench", "run_bandwidth"),
     "headline": ("benchmarks.lookup_bench", "run_headline"),
     "lookup": ("benchmarks.lookup_bench", "run_lookup"),
     "profile": ("benchmarks.profile_bench", "run_profile"),
     "memory": ("benchmarks.memory_bench", "run_memory"),
     "checkpoint": ("benchmarks.checkpoint_section", "run_checkpoint"),
+    "dynamic": ("benchmarks.dynamic_bench", "run_dynamic"),  # in-process shards only
     "scaling": ("benchmarks.scaling_bench", "run_scaling"),
     # Last: it imports TensorFlow and holds Keras tables, which would blur the trainer's
     # memory measured by `memory`.
     "train": ("benchmarks.train_bench", "run_train"),
+    "tables": ("benchmarks.tables_bench", "run_tables"),  # TensorFlow and Keras tables too
 }
 #: Seconds each section took on the 2-core, 24 GiB development machine (for the estimate;
 #: measured 2026-11-28: quick 126 s in all, full 1265 s plus the Keras 10M Adagrad baseline).
 EXPECTED_S = {
-    "smoke": {"bandwidth": 1, "headline": 1, "lookup": 2, "profile": 1, "train": 8,
-              "memory": 1, "checkpoint": 2, "scaling": 40},
-    "quick": {"bandwidth": 1, "headline": 5, "lookup": 11, "profile": 4, "train": 42,
-              "memory": 8, "checkpoint": 14, "scaling": 35},
-    "full": {"bandwidth": 5, "headline": 10, "lookup": 420, "profile": 40, "train": 420,
-             "memory": 130, "checkpoint": 225, "scaling": 185},
+    "smoke": {"startup": 2, "bandwidth": 1, "headline": 1, "lookup": 2, "profile": 1,
+              "train": 8, "memory": 1, "checkpoint": 2, "dynamic": 2, "scaling": 40,
+              "tables": 15},
+    "quick": {"startup": 75, "bandwidth": 1, "headline": 5, "lookup": 11, "profile": 4,
+              "train": 42, "memory": 8, "checkpoint": 14, "dynamic": 30, "scaling": 35,
+              "tables": 300},
+    "full": {"startup": 185, "bandwidth": 5, "headline": 10, "lookup": 420, "profile": 40,
+             "train": 420, "memory": 130, "checkpoint": 225, "dynamic": 60, "scaling": 185,
+             "tables": 900},
 }  # fmt: skip
 #: Sections the in-process backend cannot run meaningfully.
 RAY_ONLY = ("scaling",)
+#: Sections that start processes with Ray runtimes of their own: the runner's is not needed.
+OWN_RUNTIMES = ("startup",)
+report.BLOCKS.setdefault("startup", block_startup)  # its README table
+report.BLOCKS.setdefault("dynamic", block_dynamic)
+report.BLOCKS.setdefault("tables", block_tables)
 
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
@@ -126,7 +143,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
 
 def _start_ray(args) -> bool:
     """Connect to ``--address`` or start a local runtime; True if this run started it."""
-    if args.backend != "ray":
+    if args.backend != "ray" or all(s in OWN_RUNTIMES for s in args.sections):
         return False
     import ray
 
@@ -154,9 +171,21 @@ def _target(target) -> str:
     return "" if target is None else f" (target {target}x)"
 
 
+def _goal(goal) -> str:
+    """`` (goal <= 1.3x)``, or nothing without a goal (``--smoke``)."""
+    return "" if goal is None else f" (goal <= {goal}x)"
+
+
 def _summary(results: dict) -> list[str]:
     """The headline numbers, one line each."""
     lines = []
+    st = results.get("startup", {})
+    if "start_ratio" in st:
+        goals = st.get("goals") or {}
+        how = "" if st.get("backend") == "ray" else " (in-process, no Ray: means nothing)"
+        lines.append(f"start-up to first lookup: {st['start_ratio']:.2f}x bare ray.init()"
+                     f"{_goal(goals.get('start'))}; exit: {st['exit_ratio']:.2f}x bare "
+                     f"ray.shutdown(){_goal(goals.get('exit'))}{how}")  # fmt: skip
     if "bandwidth" in results and "gbs" in results["bandwidth"]:
         lines.append(f"memory copy: {results['bandwidth']['gbs']:.2f} GB/s")
     h = results.get("headline", {})

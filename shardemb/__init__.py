@@ -23,19 +23,22 @@ from shardemb.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     ClusterConnectionError,
+    ConfigDeserializationError,
     DataFormatError,
     InvalidConfigError,
     InvalidGradientError,
     InvalidIdsError,
     ShardembError,
     ShardError,
+    ShardNotLoadedError,
     ShardRestartedError,
     ShardTimeoutError,
     ShardUnavailableError,
     TableExistsError,
+    TableFullError,
     TableNotFoundError,
 )
-from shardemb.store import EmbeddingStore
+from shardemb.store import DynamicEmbeddingStore, EmbeddingStore
 from shardemb.transport.backends import ShardResources
 
 __version__ = "0.1.0"
@@ -58,7 +61,9 @@ __all__ = [
     "CheckpointManager",
     "CheckpointNotFoundError",
     "ClusterConnectionError",
+    "ConfigDeserializationError",
     "DataFormatError",
+    "DynamicEmbeddingStore",
     "EmbeddingStore",
     "Ftrl",
     "InvalidConfigError",
@@ -66,6 +71,7 @@ __all__ = [
     "InvalidIdsError",
     "RowWiseAdagrad",
     "ShardError",
+    "ShardNotLoadedError",
     "ShardResources",
     "ShardRestartedError",
     "ShardTimeoutError",
@@ -75,6 +81,7 @@ __all__ = [
     "SparseOptimizer",
     "TableCheckpoint",
     "TableExistsError",
+    "TableFullError",
     "TableNotFoundError",
 ]
 

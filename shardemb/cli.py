@@ -169,13 +169,12 @@ _DEMO_POSITIVE = (
     "batch_size",
     "num_shards",
     "eval_users",
+    "capacity_ratio",
 )
 
 
 def _add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from shardemb.recsys.demo_config import (
-        DemoConfig,  # defaults only (the demo's numpy, no TensorFlow)
-    )
+    from shardemb.recsys.demo_config import DemoConfig  # defaults only (no TensorFlow)
 
     d = DemoConfig()
     p = sub.add_parser(
@@ -238,6 +237,10 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "--eval-users", type=int, default=d.eval_users, help="held-out users to evaluate"
     )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of data, split and model")
+    p.add_argument("--dynamic", action="store_true", help="dynamic tables on the raw ids "
+                   "(no id mapping), LFU-evicted at --capacity-ratio; prints counters")  # fmt: skip
+    p.add_argument("--capacity-ratio", type=float, default=d.capacity_ratio,
+                   help="with --dynamic: each table's capacity / its distinct ids")  # fmt: skip
     p.set_defaults(func=_demo)
     return p
 

@@ -7,12 +7,20 @@ correction), checkpoints both tables every epoch, and reports recall@10 and NDCG
 the whole catalogue next to a most-popular baseline (and, with ``--compare-keras``, the
 same model on ``keras.layers.Embedding``).
 
+With ``--dynamic`` both tables are dynamic (:class:`~shardemb.DynamicEmbeddingStore`): the
+model is fed the raw ids (the file's, or for the synthetic log 64-bit ids spread over the
+int64 range), no id mapping is made or saved, and each table's capacity is
+``--capacity-ratio`` of its distinct ids, so LFU eviction runs; the counters are printed
+after every epoch. Evaluation scores the raw ids of the log (evicted ones read their
+initial rows).
+
 Example::
 
     shardemb demo                       # synthetic data, local Ray, a few minutes
     shardemb demo --data ml-1m/ratings.dat --epochs 10
     shardemb demo --resume --out runs/demo            # continue from the last checkpoint
     shardemb demo --resume --restore-shards 4 --out runs/demo
+    shardemb demo --dynamic --out runs/dynamic          # raw ids, capacity below them
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import numpy as np
 
 from shardemb._files import atomic_write
 from shardemb.recsys.demo_config import DemoConfig
+from shardemb.recsys.plot import plot_history
 
 __all__ = ["DemoConfig", "run"]
 
@@ -45,11 +54,18 @@ def read_data(cfg: DemoConfig):
 
 
 def load_data(cfg: DemoConfig, out: str, raw=None):
-    """Encoded train/test logs and the id mappings (reused from ``out`` on resume)."""
+    """Encoded train/test logs, their sizes and, with ``--dynamic``, the raw id of each
+    user and item row (``None`` otherwise: the id mappings are saved in, and on resume
+    reused from, ``out``)."""
     from shardemb.errors import DataFormatError, ShardembError
     from shardemb.recsys import IdMapping, encode, synthetic_interactions, train_test_split
+    from shardemb.recsys.synthetic import raw_ids
 
-    if cfg.data:
+    keys = None
+    if cfg.data and cfg.dynamic:  # rows for evaluation only: the tables see the raw ids
+        log, users, items = encode(read_data(cfg) if raw is None else raw)
+        keys, num_users, num_items = (users.raw_ids, items.raw_ids), len(users), len(items)
+    elif cfg.data:
         raw = read_data(cfg) if raw is None else raw
         users_path = os.path.join(out, "mappings", "users.json")
         items_path = os.path.join(out, "mappings", "items.json")
@@ -74,8 +90,10 @@ def load_data(cfg: DemoConfig, out: str, raw=None):
     else:
         log = synthetic_interactions(cfg.users, cfg.items, cfg.interactions, seed=cfg.seed)
         num_users, num_items = cfg.users, cfg.items
+        if cfg.dynamic:
+            keys = (raw_ids(np.arange(num_users), 1), raw_ids(np.arange(num_items), 2))
     train, test = train_test_split(log)
-    return train, test, num_users, num_items
+    return train, test, num_users, num_items, keys
 
 
 def _check_out(out: str, resume: bool) -> list[str]:
@@ -111,26 +129,33 @@ def _replace_previous_run(out: str, names: list[str]) -> None:
 
 
 # -- model --------------------------------------------------------------------------------
-def build_model(user_layer, item_layer, item_log_prob: np.ndarray, temperature: float):
+def build_model(user_layer, item_layer, item_log_prob: np.ndarray | None, temperature: float):
     """Two towers (embedding lookups) scored by a dot product; the training loss is a
     softmax over the items of the batch, corrected by log item popularity (logQ), the
-    standard fix for in-batch negatives that over-sample popular items."""
+    standard fix for in-batch negatives that over-sample popular items. With
+    ``item_log_prob=None`` (raw ids) each item's log popularity is an input,
+    ``item_log_q``."""
     import keras
     import tensorflow as tf
 
     user = keras.Input((), dtype="int64", name="user")
     item = keras.Input((), dtype="int64", name="item")
+    inputs = {"user": user, "item": item}
     u = user_layer(user)
     v = item_layer(item)
-    log_q = tf.constant(item_log_prob, dtype="float32")
+    if item_log_prob is None:
+        inputs["item_log_q"] = item = keras.Input((), dtype="float32", name="item_log_q")
+    else:
+        log_q = tf.constant(item_log_prob, dtype="float32")
 
     class InBatchLogits(keras.layers.Layer):
         def call(self, u, v, item):
             logits = tf.matmul(u, v, transpose_b=True) / temperature
-            return logits - tf.gather(log_q, item)[None, :]
+            q = item if item.dtype.is_floating else tf.gather(log_q, item)
+            return logits - q[None, :]
 
     logits = InBatchLogits(name="in_batch_logits")(u, v, item)
-    return keras.Model({"user": user, "item": item}, logits)
+    return keras.Model(inputs, logits)
 
 
 def in_batch_softmax_loss(y_true, logits):
@@ -152,25 +177,13 @@ def _keras_optimizer(name: str, lr: float):
 
 
 def _evaluate(user_table, item_table, train, test, eval_users: int, seed: int) -> dict:
-    from shardemb.recsys import Interactions, evaluate
+    from shardemb.recsys import evaluate
 
     users = np.unique(test.users)
     if users.size > eval_users:  # a fixed sample keeps evaluation time bounded
         users = np.sort(np.random.default_rng(seed).choice(users, eval_users, replace=False))
-    keep_test = np.isin(test.users, users)
-    keep_train = np.isin(train.users, users)
-    sub_test = Interactions(
-        test.users[keep_test],
-        test.items[keep_test],
-        test.ratings[keep_test],
-        test.timestamps[keep_test],
-    )
-    sub_train = Interactions(
-        train.users[keep_train],
-        train.items[keep_train],
-        train.ratings[keep_train],
-        train.timestamps[keep_train],
-    )
+    sub_test = test.take(np.isin(test.users, users))
+    sub_train = train.take(np.isin(train.users, users))
     return _at_10(evaluate(user_table, item_table, sub_train, sub_test, k=10))
 
 
@@ -200,9 +213,13 @@ def run(cfg: DemoConfig) -> dict:
     if previous:
         _replace_previous_run(out, previous)
     os.makedirs(out, exist_ok=True)
-    train, test, num_users, num_items = load_data(cfg, out, raw)
+    train, test, num_users, num_items, keys = load_data(cfg, out, raw)
     counts = np.bincount(train.items, minlength=num_items).astype(np.float64) + 1.0
     item_log_prob = np.log(counts / counts.sum())
+    features = {"user": train.users, "item": train.items}
+    if keys is not None:  # raw ids, and each item's log popularity beside it
+        features = {"user": keys[0][train.users], "item": keys[1][train.items],
+                    "item_log_q": item_log_prob[train.items].astype(np.float32)}  # fmt: skip
     print(
         f"data: {num_users:,} users, {num_items:,} items, {len(train):,} train and "
         f"{len(test):,} test interactions"
@@ -233,23 +250,26 @@ def run(cfg: DemoConfig) -> dict:
     else:
         sizes = {"users": num_users, "items": num_items}
         for i, t in enumerate(("users", "items")):
+            capacity = max(cfg.num_shards, int(cfg.capacity_ratio * sizes[t]))
+            dynamic = {"capacity": capacity, "eviction": "lfu"} if cfg.dynamic else {}
             stores[t] = shardemb.EmbeddingStore.create(
                 f"demo-{t}-{run_id}",
-                sizes[t],
+                None if cfg.dynamic else sizes[t],
                 cfg.dim,
-                num_shards=min(cfg.num_shards, sizes[t]),
+                **dynamic,
+                num_shards=min(cfg.num_shards, capacity if cfg.dynamic else sizes[t]),
                 optimizer=opt,
                 initializer={"kind": "normal", "stddev": 0.1},
                 seed=cfg.seed + i,
                 backend=cfg.backend,
             )
     user_layer = shardemb.ShardedEmbedding(
-        num_users, cfg.dim, store=stores["users"], name="user_embedding"
+        None if keys else num_users, cfg.dim, store=stores["users"], name="user_embedding"
     )
     item_layer = shardemb.ShardedEmbedding(
-        num_items, cfg.dim, store=stores["items"], name="item_embedding"
+        None if keys else num_items, cfg.dim, store=stores["items"], name="item_embedding"
     )
-    model = build_model(user_layer, item_layer, item_log_prob, cfg.temperature)
+    model = build_model(user_layer, item_layer, None if keys else item_log_prob, cfg.temperature)
     model.compile(_keras_optimizer(cfg.optimizer, cfg.learning_rate), in_batch_softmax_loss)
 
     baseline = _at_10(popularity_baseline(train, test, num_items, k=10))
@@ -260,10 +280,11 @@ def run(cfg: DemoConfig) -> dict:
 
     for epoch in range(start_epoch, cfg.epochs):
         print(f"epoch {epoch + 1}/{cfg.epochs}")
-        loss, train_s = _fit_epoch(model, train, epoch, cfg)
+        loss, train_s = _fit_epoch(model, features, epoch, cfg)
+        counters = _print_counters(stores) if keys else None
         metrics = _evaluate(
-            stores["users"].to_numpy(),
-            stores["items"].to_numpy(),
+            _rows(stores["users"], keys and keys[0]),
+            _rows(stores["items"], keys and keys[1]),
             train,
             test,
             cfg.eval_users,
@@ -281,6 +302,7 @@ def run(cfg: DemoConfig) -> dict:
                 "ndcg@10": metrics["ndcg@10"],
                 "train_seconds": train_s,
                 "checkpoint_seconds": ckpt_s,
+                **({"tables": counters} if counters else {}),
             }
         )
         _atomic_json(state_path, {"epoch": epoch + 1, "history": history})
@@ -304,7 +326,9 @@ def run(cfg: DemoConfig) -> dict:
         )
     results["seconds"] = time.perf_counter() - t_start
     _atomic_json(os.path.join(out, "results.json"), results)
-    _plot(history, baseline, results.get("keras_embedding"), os.path.join(out, "training.png"))
+    plot_history(
+        history, baseline, results.get("keras_embedding"), os.path.join(out, "training.png")
+    )
     for s in stores.values():
         s.close()
     _summary(results, out)
@@ -329,7 +353,7 @@ def _train_keras(cfg, train, test, num_users, num_items, item_log_prob) -> dict:
     history = []
     for epoch in range(cfg.epochs):
         print(f"keras.layers.Embedding epoch {epoch + 1}/{cfg.epochs}")
-        loss, train_s = _fit_epoch(model, train, epoch, cfg)
+        loss, train_s = _fit_epoch(model, {"user": train.users, "item": train.items}, epoch, cfg)
         m = _evaluate(
             layers[0].get_weights()[0],
             layers[1].get_weights()[0],
@@ -350,65 +374,46 @@ def _train_keras(cfg, train, test, num_users, num_items, item_log_prob) -> dict:
     return {"history": history, "final": history[-1]}
 
 
-def _fit_epoch(model, train, epoch: int, cfg: DemoConfig) -> tuple[float, float]:
-    """One epoch of ``model.fit`` in an order that depends on the epoch alone (so a resumed
-    run and the Keras comparison see the same batches); returns (loss, seconds)."""
-    perm = np.random.default_rng(cfg.seed + 1 + epoch).permutation(len(train))
+def _fit_epoch(model, features: dict, epoch: int, cfg: DemoConfig) -> tuple[float, float]:
+    """One epoch of ``model.fit`` on ``features`` (the model's inputs, one per training
+    interaction) in an order that depends on the epoch alone (so a resumed run and the
+    Keras comparison see the same batches); returns (loss, seconds)."""
+    from shardemb.keras.callbacks import TableStats
+
+    n = len(features["user"])
+    perm = np.random.default_rng(cfg.seed + 1 + epoch).permutation(n)
     t0 = time.perf_counter()
     fit = model.fit(
-        {"user": train.users[perm], "item": train.items[perm]},
-        np.zeros(len(train), np.float32),  # the loss takes its labels from the batch itself
+        {k: v[perm] for k, v in features.items()},
+        np.zeros(n, np.float32),  # the loss takes its labels from the batch itself
         batch_size=cfg.batch_size,
         epochs=1,
         shuffle=False,
         # A progress bar redraws with escape codes: one line per epoch when redirected.
         verbose=1 if sys.stdout.isatty() else 2,
+        callbacks=[TableStats(["rows", "evictions"], every_n_batches=16)] if cfg.dynamic else [],
     )
     return float(fit.history["loss"][-1]), time.perf_counter() - t0
 
 
+def _rows(store, keys) -> np.ndarray:
+    """Every user's or item's row: the fixed table, or a dynamic table's rows of the raw
+    ids (ids without a row read their initial row)."""
+    return store.to_numpy() if keys is None else store.lookup(keys)
+
+
+def _print_counters(stores: dict) -> dict:
+    """Print each dynamic table's counters (``store.stats()``) and return them."""
+    counters = {t: s.stats()["total"] for t, s in stores.items()}
+    for t, c in counters.items():
+        print(f"  {t}: {c['rows']:,} rows of {c['capacity']:,}, {c['inserts']:,} inserts, "
+              f"{c['evictions']:,} evictions, {c['unknown_lookups']:,} lookups of ids "
+              "without a row")  # fmt: skip
+    return counters
+
+
 def _atomic_json(path: str, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2, default=str))
-
-
-def _plot(history, baseline, keras_result, path: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        print(f"no plot at {path}: it needs matplotlib (pip install 'shardemb[demo]')")
-        return
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    if not history:
-        return
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["loss"] for h in history], "o-", label="ShardedEmbedding")
-    ax2.plot(epochs, [h["recall@10"] for h in history], "o-", label="ShardedEmbedding")
-    if keras_result:
-        kh = keras_result["history"]
-        ax1.plot(
-            [h["epoch"] for h in kh], [h["loss"] for h in kh], "s--", label="keras.layers.Embedding"
-        )
-        ax2.plot(
-            [h["epoch"] for h in kh],
-            [h["recall@10"] for h in kh],
-            "s--",
-            label="keras.layers.Embedding",
-        )
-    ax2.axhline(baseline["recall@10"], color="gray", linestyle=":", label="most popular")
-    ax1.set(xlabel="epoch", ylabel="training loss", title="Loss")
-    ax2.set(xlabel="epoch", ylabel="recall@10", title="Recall@10 (held-out, full catalogue)")
-    for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _summary(results: dict, out: str) -> None:

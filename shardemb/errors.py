@@ -21,16 +21,19 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
     "ClusterConnectionError",
+    "ConfigDeserializationError",
     "DataFormatError",
     "InvalidConfigError",
     "InvalidGradientError",
     "InvalidIdsError",
     "ShardError",
+    "ShardNotLoadedError",
     "ShardRestartedError",
     "ShardTimeoutError",
     "ShardUnavailableError",
     "ShardembError",
     "TableExistsError",
+    "TableFullError",
     "TableNotFoundError",
 ]
 
@@ -41,6 +44,11 @@ class ShardembError(Exception):
 
 class InvalidConfigError(ShardembError, ValueError):
     """A constructor or function argument (sizes, names, optimizer, partition...) is invalid."""
+
+
+class ConfigDeserializationError(InvalidConfigError, TypeError):
+    """A saved layer config could not be turned back into a layer (``from_config``,
+    ``load_model``): a ``TypeError`` too, as Keras raises for its own layers."""
 
 
 class InvalidIdsError(ShardembError, ValueError):
@@ -66,6 +74,11 @@ class CapacityError(ShardembError, ValueError):
     """The table, with its optimizer slots, does not fit the cluster's resources."""
 
 
+class TableFullError(ShardembError, RuntimeError):
+    """A dynamic table created with ``eviction=None`` has no room for new keys; the message
+    names the shard, its capacity and the fix. Nothing of the refused call was applied."""
+
+
 class ClusterConnectionError(ShardembError, ConnectionError):
     """The Ray cluster at the given address could not be reached."""
 
@@ -81,6 +94,12 @@ class ShardUnavailableError(ShardembError, RuntimeError):
 class ShardRestartedError(ShardUnavailableError):
     """A shard died and was restarted from the latest committed checkpoint: pushes it had
     applied since that checkpoint are lost. The message names the shard and the step."""
+
+
+class ShardNotLoadedError(ShardUnavailableError):
+    """A restarted shard has not loaded its rows from a checkpoint (its reload failed or
+    has not run yet): it refuses lookups, pushes, reads and saves until it has, so its
+    rows are never served as zeros. The next call tries the reload again."""
 
 
 class ShardTimeoutError(ShardembError, TimeoutError):

@@ -18,9 +18,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import run as bench_run  # noqa: E402
+from benchmarks import startup_bench  # noqa: E402
 from benchmarks.report import update_readme  # noqa: E402
 
-SECTIONS = ["bandwidth", "headline", "lookup", "profile", "memory", "checkpoint", "train"]
+SECTIONS = [
+    "startup",
+    "bandwidth",
+    "headline",
+    "lookup",
+    "profile",
+    "memory",
+    "checkpoint",
+    "dynamic",
+    "train",
+    "tables",
+]
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +98,66 @@ def test_profile_train_memory_checkpoint_numbers(smoke):
                   size["reshard_restore_s"])  # fmt: skip
 
 
+def test_startup_numbers(smoke):
+    _, out, res, _ = smoke
+    st = res["startup"]
+    assert set(st["runs"]) == {"ray", "shardemb"}  # in-process: no actors, no runtime
+    for runs in st["runs"].values():
+        assert len(runs) == st["rounds"] == 1
+        for run in runs:
+            _positive(run["import_s"], run["start_s"], run["exit_s"])
+    _positive(st["start_ratio"], st["exit_ratio"], st["kinds"]["shardemb"]["first_lookup_s"])
+    assert st["goals"] is None and "meets_start_goal" not in st  # no goal without Ray
+    assert (out / "startup" / "shardemb-0.json").exists()
+
+
+def test_startup_summary_and_block_of_a_ray_run():
+    def run(start, exit, **phases):
+        return {"import_s": 0.1, "start_s": start, "exit_s": exit, **phases}
+
+    runs = {
+        "ray": [run(4.0, 1.0, init_s=3.9), run(5.0, 2.0, init_s=4.9)],
+        "ray_actors": [run(5.0, 1.0, init_s=3.9, actors_s=1.0)] * 2,
+        "shardemb": [run(6.0, 1.0, create_s=5.9, ray_init_s=4.0, shards_s=1.9,
+                         first_lookup_s=0.02)] * 2,
+    }  # fmt: skip
+    st = startup_bench.summarize(runs, startup_bench.SIZES["quick"])
+    assert st["start_ratio"] == pytest.approx((1.5 + 1.2) / 2)  # per round, then the median
+    assert st["exit_ratio"] == pytest.approx((1.0 + 0.5) / 2)
+    assert st["start_vs_actors"] == pytest.approx(1.2)
+    assert st["meets_start_goal"] is False and st["meets_exit_goal"] is True
+    block = startup_bench.block_startup(st, {})
+    assert "**1.35x** (goal <= 1.3x: not met)" in block
+    assert "**0.75x** (goal <= 1.5x: met)" in block
+    assert "4 empty actors" in block and "shardemb's start-up is **1.20x**" in block
+
+
+def test_dynamic_numbers(smoke):
+    r = smoke[2]["dynamic"]
+    for case in [*r["lookup"], r["push"], r["push_evict"]]:
+        _positive(case["ratio"], case["fixed_s"], case["dynamic_s"])
+    _positive(*r["memory"].values())
+
+
+def test_tables_numbers(smoke):
+    r = smoke[2]["tables"]
+    (case,) = r["cases"]  # no 2 x 1M x 64 model at --smoke sizes
+    for v in case["variants"].values():
+        _positive(v["step_s"], v["steps_per_s"], v["x_floor"])
+    for ratio in case["ratios"]:
+        _positive(ratio["ratio"], ratio["best_possible"])
+    assert [p["tables"] for p in r["sweep"]["points"]] == [2, 4]
+    _positive(r["sweep"]["ratio"], *(p["step_s"] for p in r["sweep"]["points"]))
+    assert r["startup"]["processes"] == 0 and r["startup"]["idle_cores"] is None  # in-process
+
+
 def _block(text: str, name: str) -> str:
     return text.split(f"<!-- results:{name} -->")[1].split(f"<!-- /results:{name} -->")[0]
 
 
 def test_plots_and_readme_blocks(smoke):
     _, out, res, readme = smoke
-    for name in ("lookup", "profile", "train", "memory", "checkpoint"):
+    for name in ("lookup", "profile", "train", "memory", "checkpoint", "tables"):
         assert (out / f"{name}.png").stat().st_size > 0
     text = readme.read_text()
     for name in ["meta", *SECTIONS]:
@@ -107,6 +172,8 @@ def test_plots_and_readme_blocks(smoke):
 
 
 def test_arguments_are_checked():
+    assert list(bench_run.SECTIONS)[0] == "startup"  # before any section loads the machine
+    assert not bench_run._start_ray(bench_run.parse_args(["--quick", "--only", "startup"]))
     with pytest.raises(SystemExit):
         bench_run.parse_args(["--only", "lookup,nope"])
     with pytest.raises(SystemExit):

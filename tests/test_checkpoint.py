@@ -19,6 +19,7 @@ from shardemb.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     InvalidConfigError,
+    ShardUnavailableError,
     TableExistsError,
 )
 
@@ -275,12 +276,61 @@ def test_write_errors_name_the_path_and_commit_nothing(tmp_path, table_name, mon
     assert not (tmp_path / "full" / "manifest.json").exists()
 
 
-def test_shards_disagreeing_on_step_are_not_committed(tmp_path, table_name):
+def test_a_push_that_reached_some_shards_only_stays_saveable(tmp_path, table_name):
+    """A trainer killed mid-push leaves that push on some shards only: the table is still
+    saved (never refused), the manifest says what each shard applied, a restore gives each
+    shard back its own, and the next push is number 4 on every shard it reaches."""
+    pushes = batches(101, 6, 4)
+    with make_store(table_name, optimizer="adam") as store:
+        train(store, pushes[:2])
+        ids, grads = pushes[2]
+        split = store.config.partition.split(ids)  # push 3 reaches shard 1 only
+        store._handles[1].apply_gradients(split.local_rows(1), grads[split.positions(1)], 3)
+        m = store.save(str(tmp_path / "c"))
+        before = state(store)
+    assert m["step"] == 3
+    assert m["applied"] == [
+        {"step": 2, "pushes": 2},
+        {"step": 3, "pushes": 3},
+        {"step": 2, "pushes": 2},
+    ]
+    with EmbeddingStore.restore(str(tmp_path / "c"), backend="inprocess") as restored:
+        assert_same(state(restored), before, steps=False)
+        assert [(i["step"], i["pushes"]) for i in restored.info()] == [(2, 2), (3, 3), (2, 2)]
+        restored.apply_gradients(*pushes[3])
+        assert [(i["step"], i["pushes"]) for i in restored.info()] == [(4, 3), (4, 4), (4, 3)]
+        assert restored.save(str(tmp_path / "c"))["applied"][0] == {"step": 4, "pushes": 3}
+
+
+def test_a_checkpoint_replaced_while_a_shard_reads_it_is_not_loaded(tmp_path, table_name):
+    """Another save swapped a new checkpoint in at the path while a shard read it: the read
+    could mix two versions, so the shard keeps no rows (typed errors, never a mix) until
+    a reload of the path works."""
+    path = str(tmp_path / "c")
+    with make_store(table_name, optimizer="adam") as store:
+        train(store, batches(101, 6, 2))
+        store.save(path)
+        source, window, _ = ckpt.reader.read_args(ckpt.read_manifest(path), path)
+        train(store, batches(101, 6, 1, seed=9))
+        store.save(path)  # a new save_id at the path
+        before = state(store)
+        loc = ckpt.location.Location.of(path)
+        with pytest.raises(CheckpointError, match="replaced by another save while it was read"):
+            store.shard_call(ckpt.reader.read_shard, loc, source, window, path, only=1)
+        with pytest.raises(ShardUnavailableError, match=r"Shard\(s\) \[1\]"):
+            store.to_numpy()  # shard 1 is reloaded from the path as it is now
+        assert_same(state(store), before)
+
+
+def test_a_bad_applied_record_is_corrupt(tmp_path, table_name):
+    path = tmp_path / "c"
     with make_store(table_name) as store:
-        store._handles[1].step += 1  # as if another process pushed mid-save
-        with pytest.raises(CheckpointError, match="disagree on the step"):
-            store.save(str(tmp_path / "c"))
-    assert not (tmp_path / "c" / "manifest.json").exists()
+        store.save(str(path))
+    m = json.loads((path / "manifest.json").read_text())
+    for bad in ([{"step": 1}], [{"step": -1, "pushes": 0}] * 3, "x", [None] * 3):
+        (path / "manifest.json").write_text(json.dumps({**m, "applied": bad}))
+        with pytest.raises(CheckpointCorruptError, match="bad applied"):
+            ckpt.read_manifest(str(path))
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ import shardemb.checkpoint as ckpt
 from shardemb import CheckpointManager, EmbeddingStore
 from shardemb.errors import CheckpointCorruptError, CheckpointNotFoundError
 
-SCRIPT = textwrap.dedent(
+#: A trained Adam table in a process of its own, whose shards die with it; ``dump`` keeps
+#: what a checkpoint must restore.
+PRELUDE = textwrap.dedent(
     """
     import os, sys
     import numpy as np
@@ -41,7 +43,11 @@ SCRIPT = textwrap.dedent(
         for slot in ("m", "v"):
             arrays[slot] = store._gather_table("read_slot", slot)
         np.savez(os.path.join(root, name), **arrays)
+    """
+)
 
+SCRIPT = PRELUDE + textwrap.dedent(
+    """
     mgr = CheckpointManager(os.path.join(root, "run"), keep=1, chunk_rows=4)
     push(3)
     mgr.save(store, 1)
@@ -94,12 +100,13 @@ def expected(root, step) -> dict:
         return {k: data[k] for k in data.files}
 
 
-def restored_state(path, name) -> dict:
+def restored_state(path, name, step=None) -> dict:
+    step = (3 if path.endswith("step-1") else 5) if step is None else step
     with EmbeddingStore.restore(path, name=name, backend="inprocess") as store:
         out = {"weights": store.to_numpy()}
         for slot in ("m", "v"):
             out[slot] = store._gather_table("read_slot", slot)
-        assert {i["step"] for i in store.info()} == {3 if path.endswith("step-1") else 5}
+        assert {i["step"] for i in store.info()} == {step}
     return out
 
 
@@ -138,3 +145,74 @@ def test_next_save_after_a_crash_commits_and_cleans_up(crashed, tmp_path):
     with EmbeddingStore.restore(path, name="crash-resume", backend="inprocess") as store:
         mgr.save(store, 3)
     assert mgr.steps() == [3] and sorted(os.listdir(root / "run")) == ["step-3"]
+
+
+# -- saving over the previous checkpoint's own path -----------------------------------------
+SAME_PATH = PRELUDE + textwrap.dedent(
+    """
+    if sys.argv[3] != "exchange":  # as on a system without an atomic exchange of folders
+        ckpt.location._exchange = lambda a, b: False
+    path = os.path.join(root, "c")
+    push(3)
+    store.save(path, chunk_rows=4)
+    dump("expected-1.npz")
+    push(2)
+    dump("expected-2.npz")
+    os.environ[ckpt.format.KILL_ENV] = stage
+    store.save(path, chunk_rows=4)
+    print("survived", flush=True)
+    """
+)
+
+#: (stage, how the folders are swapped) -> the checkpoint at the path after the crash.
+SAME_PATH_STAGES = {
+    ("start", "exchange"): 1,
+    ("before_data", "exchange"): 1,
+    ("mid_chunks", "exchange"): 1,
+    ("before_manifest", "exchange"): 1,
+    ("manifest_tmp", "exchange"): 1,
+    ("after_manifest", "exchange"): 1,
+    ("after_replace", "exchange"): 2,
+    ("after_manifest", "renames"): 1,
+    ("after_replace", "renames"): 2,
+}
+
+
+@pytest.fixture(scope="module")
+def crashed_same_path(tmp_path_factory):
+    """(stage, swap) -> folder of a trainer killed there while saving over its own path."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop(ckpt.format.KILL_ENV, None)
+    runs = {}
+    for stage, swap in SAME_PATH_STAGES:
+        root = tmp_path_factory.mktemp(f"same-{stage}-{swap}")
+        argv = [sys.executable, "-c", SAME_PATH, str(root), stage, swap]
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        runs[stage, swap] = (root, proc)
+    out = {}
+    for key, (root, proc) in runs.items():
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, (key, proc.returncode, stdout, stderr)
+        out[key] = root
+    return out
+
+
+@pytest.mark.parametrize("key", list(SAME_PATH_STAGES), ids=lambda k: "-".join(k))
+def test_trainer_killed_while_saving_over_its_own_path_keeps_a_checkpoint(key, crashed_same_path):
+    """`store.save(p)` twice, the trainer SIGKILLed during the second: `p` holds the first
+    checkpoint, or the second once it was swapped in; never nothing, never a mix."""
+    root = crashed_same_path[key]
+    path = str(root / "c")
+    version = SAME_PATH_STAGES[key]
+    want = expected(root, version)
+    got = restored_state(path, f"same-{'-'.join(key)}", step=3 if version == 1 else 5)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)  # bit for bit
+    # The next save to that path commits and leaves nothing beside it.
+    name = f"same-next-{'-'.join(key)}"
+    with EmbeddingStore.restore(path, name=name, backend="inprocess") as store:
+        store.save(path)
+    assert sorted(os.listdir(root)) == ["c", "expected-1.npz", "expected-2.npz"]
+    assert ckpt.read_manifest(path)["name"] == name

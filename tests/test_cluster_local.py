@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import psutil
 import pytest
@@ -22,6 +23,7 @@ import shardemb.cli
 from shardemb import cluster
 from shardemb.cluster import commands
 from shardemb.errors import ClusterConnectionError, InvalidConfigError
+from shardemb.transport import auth
 
 # A driver of its own: ray.init() in this test process would make it part of a cluster.
 _DRIVER = r"""
@@ -59,8 +61,24 @@ print("result", ray.get(square.remote(7), timeout=60), flush=True)
 """
 
 
+# A driver of the token-auth cluster through shardemb: the typed error, or the node count.
+_AUTH_DRIVER = r"""
+import sys
+import ray
+from shardemb.errors import ClusterConnectionError
+from shardemb.transport.backends import ensure_ray
+try:
+    ensure_ray(sys.argv[1])
+except ClusterConnectionError as err:
+    print("ERROR", err)
+else:
+    print("NODES", len(ray.nodes()))
+"""
+
+
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    drop = {"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(extra)
     return env
 
@@ -256,3 +274,101 @@ def test_status_of_a_dead_cluster_says_so_and_down_clears_it(tmp_path):
         cluster.status(dead)
     assert cluster.down(dead) == 0
     assert not dead.exists()
+
+
+@pytest.fixture(scope="module")
+def token_head(tmp_path_factory):
+    """A one-node cluster with Ray's token auth on (``up``'s default), for this module."""
+    info = cluster.up(
+        num_workers=0, auth_mode="token", state_file=tmp_path_factory.mktemp("auth") / "s.json"
+    )
+    try:
+        yield info
+    finally:
+        cluster.down(info)
+
+
+def _drive(address: str, env: dict[str, str]) -> tuple[str, str, float]:
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", _AUTH_DRIVER, address],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1], out.stderr, time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({}, "this process sent no token: RAY_AUTH_MODE is unset"),
+        ({"RAY_AUTH_MODE": "disabled"}, "RAY_AUTH_MODE is 'disabled'"),
+        (
+            {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"},
+            "it refused the token from RAY_AUTH_TOKEN",
+        ),
+    ],
+)
+def test_token_cluster_refuses_a_driver_without_its_token_at_once(token_head, extra, why):
+    line, stderr, took = _drive(token_head.address, _clean_env(**extra))
+    assert line.startswith("ERROR The Ray cluster requires token authentication"), line
+    assert why in line
+    for hint in ("RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "auth_token"):
+        assert hint in line
+    assert f"Received: address={token_head.address!r}" in line
+    # Ray alone retries for 20 s, logging InvalidAuthToken every second.
+    assert took < 15 and "InvalidAuthToken" not in stderr, (took, stderr[-2000:])
+
+
+def test_token_cluster_lets_a_driver_with_its_token_in(token_head):
+    line, _, _ = _drive(token_head.address, _clean_env(**token_head.env))
+    assert line == "NODES 1"
+
+
+def test_auth_refusal_is_found_in_the_causes_of_rays_bare_error(monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    try:
+        try:
+            raise RuntimeError("GCS: Unauthenticated: RPC error: InvalidAuthToken: missing")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:1") from cause
+    except ConnectionError as err:
+        assert auth.refused_auth(err)
+    assert not auth.refused_auth(ConnectionError("Failed to connect to Ray cluster"))
+    assert auth.local_token() == (None, None)  # nothing is sent without RAY_AUTH_MODE=token
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", " abc\n")
+    assert auth.local_token() == ("abc", "RAY_AUTH_TOKEN")
+
+
+# A script whose process already holds a finalizer (a temporary folder) before Ray is
+# imported: finalizers then run after Ray's own exit hook.
+_EXITING = r"""
+import tempfile, time
+scratch = tempfile.TemporaryDirectory()
+import numpy as np, shardemb
+store = shardemb.EmbeddingStore.create("exiting", 100, 4, num_shards=2)
+store.lookup(np.arange(4))
+print("last", time.time(), flush=True)
+"""
+
+
+def test_embedded_runtime_ends_with_the_script_and_starts_no_other():
+    out = subprocess.run(
+        [sys.executable, "-c", _EXITING],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=180,
+        check=False,
+    )
+    ended = time.time()
+    assert out.returncode == 0, out.stderr[-3000:]
+    # No kill of the table after Ray's shutdown at exit: that started a second runtime.
+    assert "Started a local Ray instance" not in out.stderr, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert ended - float(out.stdout.split()[-1]) < 30

@@ -171,3 +171,25 @@ def test_a_fresh_run_refuses_a_folder_with_other_files(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("shardemb: error:") and "notes.txt" in err[0]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "results.json"]
+
+
+def test_dynamic_trains_on_raw_ids_with_eviction_and_resumes(tmp_path, capsys):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    demo_main([*TINY, "--dynamic", "--epochs", "2", "--out", str(straight)])
+    printed = capsys.readouterr().out
+    assert "evictions" in printed and "lookups of ids without a row" in printed
+    res = _results(straight)
+    assert res["config"]["dynamic"] and not (straight / "mappings").exists()
+    for t, distinct in (("users", 120), ("items", 80)):
+        c = res["history"][-1]["tables"][t]
+        assert c["rows"] <= c["capacity"] < distinct and c["evictions"] > 0
+        assert c["inserts"] - c["evictions"] == c["rows"]
+    assert res["final"]["recall@10"] > 0
+    # A resumed run continues from the dynamic checkpoints as if never stopped.
+    demo_main([*TINY, "--dynamic", "--epochs", "1", "--out", str(resumed)])
+    demo_main([*TINY, "--dynamic", "--epochs", "2", "--out", str(resumed), "--resume"])
+    b = _results(resumed)
+    for key in ("loss", "recall@10"):
+        assert [h[key] for h in b["history"]] == pytest.approx(
+            [h[key] for h in res["history"]], rel=1e-6
+        )

@@ -1,6 +1,7 @@
 """Failure paths: values that overflow the table's dtype, names that reach paths, Ray
 start-up, unchecked store arguments, checkpoints of other tables, I/O errors, folders that
-are not checkpoints, chunks that leave the checkpoint, and an empty first push on Ray.
+are not checkpoints, chunks that leave the checkpoint, an empty first push on Ray, and a
+failed save over the previous checkpoint's own path.
 Each error is typed, names what was wrong and leaves the table (and the disk) unchanged."""
 
 from __future__ import annotations
@@ -296,10 +297,11 @@ def test_empty_first_push_on_ray(ray_session, table_name):
         store.apply_gradients(np.array([], np.int64), np.zeros((0, 4), np.float32))
         store.flush()
         np.testing.assert_array_equal(store.to_numpy(), before)
-        assert [i["step"] for i in store.info()] == [1, 1]
+        assert [i["step"] for i in store.info()] == [0, 0]  # no shard had rows in it
         store.apply_gradients([1], np.ones((1, 4), np.float32))
         store.flush()
         assert not np.array_equal(store.to_numpy()[1], before[1])
+        assert [i["step"] for i in store.info()] == [0, 2]  # the empty push was number 1
     finally:
         store.close()
 
@@ -307,3 +309,33 @@ def test_empty_first_push_on_ray(ray_session, table_name):
 def test_every_error_here_is_a_shardemb_error():
     for cls in (CapacityError, CheckpointError, InvalidConfigError):
         assert issubclass(cls, ShardembError)
+
+
+# -- 10. saving over the previous checkpoint's own path ---------------------------------------
+@pytest.mark.parametrize("where", ["folder", "memory"])
+def test_a_failed_save_over_the_same_path_keeps_the_old_checkpoint(
+    tmp_path, table_name, monkeypatch, where
+):
+    path = str(tmp_path / "c") if where == "folder" else f"memory://{table_name}/c"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with make(table_name, optimizer="adam") as store:
+        store.apply_gradients([1, 2], np.ones((2, 4), np.float32))
+        store.save(path, step=1)
+        first = store.to_numpy()
+        store.apply_gradients([1, 2], np.ones((2, 4), np.float32))
+        with monkeypatch.context() as patch:
+            patch.setattr(chunks_mod.ChunkIO, "write", full)
+            with pytest.raises(CheckpointError, match="No space left"):
+                store.save(path, step=2)
+        assert ckpt.read_manifest(path)["train_step"] == 1  # whole, still committed
+        if where == "folder":
+            assert sorted(os.listdir(tmp_path)) == ["c"]  # the new one's leftovers are gone
+        with EmbeddingStore.restore(path, name=table_name + "-r", backend="inprocess") as r:
+            np.testing.assert_array_equal(r.to_numpy(), first)
+        second = store.to_numpy()
+        assert store.save(path, step=3)["train_step"] == 3  # later saves work
+    with EmbeddingStore.restore(path, name=table_name + "-3", backend="inprocess") as r:
+        np.testing.assert_array_equal(r.to_numpy(), second)

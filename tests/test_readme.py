@@ -2,16 +2,13 @@
 and a second time in the same folder (a user re-running the quick tour)."""
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+from readme_blocks import python_blocks
+
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def python_blocks(path: Path) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```$", path.read_text(), flags=re.S | re.M)
 
 
 def test_readme_python_blocks_run_in_order_twice(tmp_path):

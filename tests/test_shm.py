@@ -134,3 +134,45 @@ def test_a_full_shared_memory_falls_back_to_ray_with_one_warning(monkeypatch, ta
             rows = store.lookup(ids)
         assert len(seen) == 1 and store._channel() is None
         np.testing.assert_array_equal(rows, -np.ones((ids.size, 8), np.float32))
+
+
+def test_the_cache_drops_mappings_of_removed_buffers_and_released_ones():
+    kept, removed, released = (ShmSegment.create(4096) for _ in range(3))
+    cache = SegmentCache(check_every=3600.0)
+    for b in (kept, removed, released):
+        cache.get(b.name)
+    removed.close()  # the router retired it: its file is gone
+    assert removed.name in cache.info()["names"]  # no new attach, no check yet
+    fresh = ShmSegment.create(4096)
+    cache.get(fresh.name)  # attaching a new buffer drops those whose file is gone
+    assert removed.name not in cache.info()["names"]
+    cache.release([released.name])
+    assert cache.info()["names"] == [kept.name, fresh.name]
+    assert cache.info()["bytes"] == 2 * 4096
+    for b in (kept, released, fresh):
+        b.close()
+
+
+def test_request_buffers_shrink_after_a_spike_and_not_before():
+    from shardemb.transport.channel import RequestBuffers
+
+    buf = RequestBuffers(8, "float32")
+    buf.reserve(100)
+    assert buf.capacity == RequestBuffers.MIN_CAPACITY
+    buf.reserve(1_000_000)
+    spike, spike_names = buf.capacity, buf.names
+    for _ in range(RequestBuffers.SHRINK_AFTER - 1):
+        buf.reserve(1000)
+    buf.reserve(400_000)  # more than a quarter: the count starts again
+    for _ in range(RequestBuffers.SHRINK_AFTER - 1):
+        buf.reserve(1000)
+    assert buf.capacity == spike and buf.names == spike_names
+    buf.reserve(3000)
+    assert buf.capacity == 6000 and buf.nbytes < spike * 8  # twice the recent peak
+    assert not any(os.path.exists(os.path.join(SHM_DIR, n)) for n in spike_names)
+    for _ in range(3 * RequestBuffers.SHRINK_AFTER):
+        buf.reserve(10)
+    assert buf.capacity == RequestBuffers.MIN_CAPACITY  # never below the minimum
+    names = buf.names
+    buf.close()
+    assert not any(os.path.exists(os.path.join(SHM_DIR, n)) for n in names)

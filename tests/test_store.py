@@ -274,3 +274,54 @@ def test_placement_and_info(ray_session, table_name):
         assert [p["shard"] for p in where] == [0, 1] and all(p["node_id"] for p in where)
         info = store.info()
         assert [i["bytes"] for i in info] == [50 * 8 * 4 * 3] * 2
+
+
+def test_a_push_goes_only_to_the_shards_holding_its_rows(table_name, monkeypatch):
+    """One call per addressed shard (not one per shard), numbered in the table's sequence
+    (which a handle reads from the shards once, at its first push)."""
+    calls = []
+    submit = shardemb.transport.backends.InProcessBackend.submit
+
+    def counting(self, handle, method, *args):
+        calls.append((handle.index, method, args[2:]))
+        return submit(self, handle, method, *args)
+
+    with EmbeddingStore.create(table_name, 30, 2, num_shards=3, backend="inprocess") as store:
+        monkeypatch.setattr(shardemb.transport.backends.InProcessBackend, "submit", counting)
+        store.apply_gradients([1, 4], np.ones((2, 2), np.float32))  # shard 1 only
+        store.apply_gradients([], np.ones((0, 2), np.float32))  # no shard: still push 2
+        store.apply_gradients([0, 2], np.ones((2, 2), np.float32))  # shards 0 and 2
+        store.flush()
+        assert calls[:3] == [(s, "info", ()) for s in range(3)]  # the count, read once
+        assert calls[3:] == [
+            (1, "apply_gradients", (1,)),
+            (0, "apply_gradients", (3,)),
+            (2, "apply_gradients", (3,)),
+        ]
+        monkeypatch.undo()
+        info = store.info()
+        assert [(i["step"], i["pushes"]) for i in info] == [(3, 1), (1, 1), (3, 1)]
+
+
+@pytest.mark.parametrize("backend_name", ["inprocess", "ray"])
+def test_adam_on_shards_that_skip_pushes_equals_one_shard(backend_name, table_name, request):
+    """A push that reaches some shards only still counts as a step on the others (Adam's
+    bias correction), so any sharding gives the bits of a single shard, which every push
+    reaches."""
+    if backend_name == "ray":
+        request.getfixturevalue("ray_session")
+    rng = np.random.default_rng(5)
+    pushes = [
+        (rng.integers(0, 4, 3) * 3 + rng.integers(0, 2), rng.standard_normal((3, 4)))
+        for _ in range(12)
+    ]  # each push touches shard 0 or shard 1 of 3 (mod), never shard 2
+    tables = []
+    for n, backend in ((1, "inprocess"), (3, backend_name)):
+        with EmbeddingStore.create(
+            f"{table_name}-{n}", 12, 4, num_shards=n, optimizer="adam", seed=2, backend=backend
+        ) as store:
+            for ids, grads in pushes:
+                store.apply_gradients(ids, grads.astype(np.float32))
+            tables.append((store.to_numpy(), store._gather_table("read_slot", "v")))
+    for a, b in zip(*tables, strict=True):
+        np.testing.assert_array_equal(a, b)  # bit for bit

@@ -9,7 +9,8 @@ Layout (format version 1)::
         zarr.json, c/<i>/0         chunk i: rows [i * chunk_rows, (i + 1) * chunk_rows)
       shards/<s>/slots/<name>/     array (rows of shard s, width): an optimizer slot
       manifest.json                written last: format_version, name, shape, dtype,
-                                   num_shards, partition, shard_rows, step, train_step,
+                                   num_shards, partition, shard_rows, step, applied (per
+                                   shard: step and pushes), train_step,
                                    slots, chunk_rows, compression, checksum, nbytes,
                                    stored_bytes, created, table (the full TableConfig),
                                    arrays (shape, chunks, nchunks, bytes of each)
@@ -30,9 +31,12 @@ A checkpoint exists once ``manifest.json`` does: it is written to a temporary na
 renamed (file and folder fsynced on local disks) after every chunk is durable, so a save
 killed at any point leaves earlier checkpoints intact and its own folder is ignored
 (:class:`CheckpointManager`) or reported (:func:`restore_store` raises
-:class:`~shardemb.CheckpointCorruptError`). Paths are local folders or URLs fsspec knows
-(``file://``, ``s3://``...; on a Ray cluster, a place every node sees). ``memory://``
-lives in one process, so it only works with ``backend="inprocess"``.
+:class:`~shardemb.CheckpointCorruptError`). A save to the path of a committed checkpoint
+writes beside it (``.<name>.shardemb-new``) and swaps the two once the new one is committed
+(one atomic exchange on Linux), so that one too survives any crash of the save. Paths are
+local folders or URLs fsspec knows (``file://``, ``s3://``...; on a Ray cluster, a place
+every node sees). ``memory://`` lives in one process, so it only works with
+``backend="inprocess"``.
 
 Plain zarr and numpy read it back:
 

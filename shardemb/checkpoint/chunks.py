@@ -31,11 +31,13 @@ class ChunkIO:
         *,
         dtype: str,
         chunk_rows: int,
+        slot_dtype: str | None = None,
         compression: str | None,
         checksum: bool,
     ):
         self.loc, self.path = loc, path
         self.dtype = np.dtype(dtype)
+        self.slot_dtype = np.dtype(slot_dtype or dtype)
         self.chunk_rows, self.checksum = chunk_rows, bool(checksum)
         self.direct = bool(loc.local) and not compression and sys.byteorder == "little"
         self.pool = ThreadPoolExecutor(8)
@@ -67,8 +69,9 @@ class ChunkIO:
 
         file = self.loc.file(f"{name}/c/{c}/0")
         os.makedirs(os.path.dirname(file), exist_ok=True)
-        data = np.ascontiguousarray(rows, self.dtype).reshape(-1).view(np.uint8)
-        pad = bytes((self.chunk_rows - len(rows)) * rows.shape[1] * self.dtype.itemsize)
+        dtype = self._dtype(name)
+        data = np.ascontiguousarray(rows, dtype).reshape(-1).view(np.uint8)
+        pad = bytes((self.chunk_rows - len(rows)) * rows.shape[1] * dtype.itemsize)
         with open(file, "wb") as f:
             f.write(data)
             f.write(pad)
@@ -102,13 +105,16 @@ class ChunkIO:
             f.result()
         return out
 
+    def _dtype(self, name: str) -> np.dtype:
+        return self.slot_dtype if "slots/" in name else self.dtype
+
     def _read_chunk(self, name: str, c: int, first: int, dest: np.ndarray) -> None:
         import google_crc32c
 
         key = f"{name}/c/{c}/0"
         whole = dest if first == 0 and len(dest) == self.chunk_rows else None
         if whole is None:  # part of a chunk: read all of it (the checksum covers all)
-            whole = np.empty((self.chunk_rows, dest.shape[1]), self.dtype)
+            whole = np.empty((self.chunk_rows, dest.shape[1]), self._dtype(name))
         data = whole.reshape(-1).view(np.uint8)
         size = data.size + 4 * self.checksum
         file = self.loc.file(key)

@@ -21,7 +21,9 @@ CHUNK_BYTES = 16 << 20
 WRITE_BLOCK_BYTES = 128 << 20
 #: Rows (weights plus slots) a restoring shard holds in memory at once, in bytes.
 READ_WINDOW_BYTES = 256 << 20
-#: Test hook: the save process kills itself (SIGKILL) at this stage.
+#: Test hook: the save process kills itself (SIGKILL) at this stage ("mid_chunks" runs in
+#: the last shard: on Ray it kills that shard's process; "after_replace" only happens when a
+#: save replaces a committed checkpoint at its own path).
 KILL_ENV = "SHARDEMB_CHECKPOINT_KILL_AT"
 KILL_STAGES = (
     "start",
@@ -30,17 +32,29 @@ KILL_STAGES = (
     "before_manifest",
     "manifest_tmp",
     "after_manifest",
+    "after_replace",
     "before_prune",
     "mid_prune",
 )
 COMPRESSIONS = ("zstd", "zstd:<level>", "lz4")
 STEP_DIR = re.compile(r"^step-(0|[1-9][0-9]*)$")
+#: Beside a checkpoint ``<name>``: the save that will replace it (``.<name>.shardemb-new``)
+#: and, while two renames swap them where no atomic exchange exists, the old one.
+STAGING = ".{}.shardemb-new"
+RETIRING = ".{}.shardemb-old"
+
+
+def array_dtype(m: dict, name: str) -> str:
+    """The dtype of array ``name`` (``.../weights`` or ``.../slots/<slot>``) of manifest
+    ``m``: slots may be wider than rows (float32 slots of a float16 table)."""
+    return m.get("slot_dtype", m["dtype"]) if "slots/" in name else m["dtype"]
 
 
 def layout_of(m: dict) -> dict:
     """How the arrays of manifest ``m`` are chunked and encoded (:class:`ChunkIO`)."""
     return {
         "dtype": m["dtype"],
+        "slot_dtype": m.get("slot_dtype", m["dtype"]),
         "chunk_rows": m["chunk_rows"],
         "compression": m.get("compression"),
         "checksum": bool(m.get("checksum")),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass
 
 from shardemb._files import atomic_write, fsync
-from shardemb.checkpoint.format import FORMAT, MANIFEST, maybe_kill
+from shardemb.checkpoint.format import FORMAT, MANIFEST, RETIRING, STAGING, maybe_kill
 from shardemb.errors import CheckpointError, InvalidConfigError
 
 #: The only top-level entries of a checkpoint folder: all that ``save`` may delete.
@@ -63,6 +64,15 @@ class Location:
 
     def file(self, name: str) -> str:
         return os.path.join(self.local, *name.split("/"))
+
+    def sibling(self, pattern: str) -> Location:
+        """The location beside this one named ``pattern.format(<this one's name>)``."""
+        if self.local:
+            parent, base = os.path.split(self.local)
+            path = os.path.join(parent, pattern.format(base))
+            return Location(path, path, "file")
+        parent, _, base = self.url.rpartition("/")
+        return Location(f"{parent}/{pattern.format(base)}", None, self.protocol)
 
     def _fs(self):
         import fsspec
@@ -132,11 +142,42 @@ class Location:
         return {p[len(top) :].lstrip("/"): info["size"] for p, info in found.items()}
 
     # -- changes ------------------------------------------------------------------------
+    def prepare_save(self) -> Location:
+        """Where a save to this location writes: here, made empty (:meth:`prepare_empty`),
+        unless a committed checkpoint is here. Then beside it (``.<name>.shardemb-new``,
+        emptied), and the one here stays whole until :meth:`replace_with` swaps the new one
+        in: a save cut short, or a shard killed meanwhile, never loses it."""
+        if MANIFEST in self._checked_names():
+            self.sibling(RETIRING).discard()  # left by a swap cut short: superseded now
+            staging = self.sibling(STAGING)
+            staging.prepare_empty()
+            return staging
+        self.prepare_empty()
+        return self
+
+    def discard(self) -> None:
+        """Remove what is here if it is a provable shardemb checkpoint (manifest first);
+        anything else is refused and left untouched."""
+        if self._checked_names():
+            self.uncommit()
+            self.remove()
+
     def prepare_empty(self) -> None:
         """Make the folder exist and be empty. Only a provable shardemb checkpoint there (its
         manifest of shardemb's format or its root ``zarr.json`` with the
         ``shardemb_checkpoint`` attribute, and nothing beyond the checkpoint layout) is
         deleted, its manifest first; anything else is refused and left untouched."""
+        self.discard()
+        if self.local:
+            try:
+                os.makedirs(self.local, exist_ok=True)
+                fsync(os.path.dirname(self.local), directory=True)
+            except OSError as err:
+                raise io_error(self.url, "cannot create the folder", err) from err
+
+    def _checked_names(self) -> list[str]:
+        """The entries here; raises :class:`CheckpointError` (nothing changed) unless this
+        is nothing, an empty folder or a provable shardemb checkpoint."""
         if self.local and os.path.islink(self.local) and not os.path.exists(self.local):
             raise CheckpointError(
                 f"Refusing to save into {self.url!r}: it is a symlink that leads nowhere "
@@ -148,20 +189,12 @@ class Location:
             names = self.listdir()
         except OSError as err:
             raise io_error(self.url, "cannot list the folder", err) from err
-        if names:
-            reason = self._not_a_checkpoint(names)
-            if reason:
-                raise CheckpointError(
-                    f"Refusing to save into {self.url!r}: {reason}; nothing was changed."
-                )
-            self.uncommit()
-            self.remove()
-        if self.local:
-            try:
-                os.makedirs(self.local, exist_ok=True)
-                fsync(os.path.dirname(self.local), directory=True)
-            except OSError as err:
-                raise io_error(self.url, "cannot create the folder", err) from err
+        reason = self._not_a_checkpoint(names) if names else None
+        if reason:
+            raise CheckpointError(
+                f"Refusing to save into {self.url!r}: {reason}; nothing was changed."
+            )
+        return names
 
     def _not_a_checkpoint(self, names: list[str]) -> str | None:
         """Why the non-empty folder holding ``names`` is not provably a shardemb
@@ -209,6 +242,33 @@ class Location:
         maybe_kill("manifest_tmp", kill_at)
         fs.mv(f"{root}/{tmp}", f"{root}/{name}")
 
+    def replace_with(self, new: Location, kill_at: str | None) -> None:
+        """Make the committed checkpoint ``new`` (from :meth:`prepare_save`) the one here,
+        then remove the old one. A local folder swaps with it in one atomic step (Linux's
+        ``renameat2`` exchange); without one, the old one moves aside
+        (``.<name>.shardemb-old``) and the new one is renamed in; other filesystems copy it
+        in, manifest last. A crash between those steps leaves the new one committed beside
+        (:func:`~shardemb.checkpoint.read_manifest` names it)."""
+        if self.local:
+            if not _exchange(new.local, self.local):
+                old = self.sibling(RETIRING)
+                old.remove()
+                os.rename(self.local, old.local)
+                os.rename(new.local, self.local)
+                new = old
+            fsync(os.path.dirname(self.local), directory=True)
+        else:
+            self.uncommit()
+            self.remove()
+            fs, root = self._fs()
+            src = new._fs()[1]
+            for key in sorted(set(new.sizes("")) - {MANIFEST}):
+                fs.copy(f"{src}/{key}", f"{root}/{key}")
+            self.commit(MANIFEST, new.read(MANIFEST), None)
+        maybe_kill("after_replace", kill_at)
+        new.uncommit()  # the old checkpoint, now beside: it stops being one, then goes
+        new.remove()
+
     def uncommit(self) -> None:
         """Remove the manifest (durably): the folder stops being a checkpoint."""
         if self.local:
@@ -244,3 +304,21 @@ class Location:
         while prefix:
             prefix = prefix.rpartition("/")[0]
             fsync(self.file(prefix) if prefix else self.local, directory=True)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the folders ``a`` and ``b`` in one atomic step (``renameat2`` with
+    ``RENAME_EXCHANGE``); ``False`` where the system or the filesystem cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), b)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from shardemb._validate import check_positive_int
+from shardemb.checkpoint.dynamic import (
+    is_dynamic_checkpoint,
+    is_dynamic_store,
+    restore_dynamic,
+    save_dynamic,
+)
 from shardemb.checkpoint.format import MANIFEST, STEP_DIR, kill_stage, maybe_kill
 from shardemb.checkpoint.location import Location
 from shardemb.checkpoint.reader import restore_store
@@ -88,7 +94,8 @@ class CheckpointManager:
             raise CheckpointError(
                 f"Checkpoint {path!r} already exists; pass overwrite=True to replace it."
             )
-        save_store(store, path, step=int(step), **self.save_options)
+        save = save_dynamic if is_dynamic_store(store) else save_store
+        save(store, path, step=int(step), **self.save_options)
         self._prune(int(step))
         return path
 
@@ -109,7 +116,9 @@ class CheckpointManager:
     def restore(self, step: int, **kwargs):
         """Restore checkpoint ``step`` (``kwargs`` as for :func:`restore_store`)."""
         kwargs.setdefault("expected_table", self.table)
-        return restore_store(self.path(step), **kwargs)
+        path = self.path(step)
+        restore = restore_dynamic if is_dynamic_checkpoint(path) else restore_store
+        return restore(path, **kwargs)
 
     def restore_latest(self, **kwargs):
         """Restore the newest committed checkpoint; raises

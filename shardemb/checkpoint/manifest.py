@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
-from shardemb.checkpoint.format import FORMAT, FORMAT_VERSION, MANIFEST, codecs_for
+from shardemb.checkpoint.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    RETIRING,
+    STAGING,
+    codecs_for,
+)
 from shardemb.checkpoint.location import Location
 from shardemb.core.config import TableConfig
 from shardemb.errors import (
@@ -40,11 +47,16 @@ def read_manifest(path: str, *, expected_table: str | None = None) -> dict:
     raw = loc.read(MANIFEST)
     if raw is None:
         if not loc.exists():
-            raise CheckpointNotFoundError(f"No checkpoint at {path!r}: it does not exist.")
+            raise CheckpointNotFoundError(
+                f"No checkpoint at {path!r}: it does not exist.{_beside(loc)}"
+            )
         if not loc.listdir():
-            raise CheckpointNotFoundError(f"No checkpoint at {path!r}: the folder is empty.")
+            raise CheckpointNotFoundError(
+                f"No checkpoint at {path!r}: the folder is empty.{_beside(loc)}"
+            )
         raise CheckpointCorruptError(
-            f"Checkpoint {path!r} is incomplete: it has no {MANIFEST} (its save did not finish)."
+            f"Checkpoint {path!r} is incomplete: it has no {MANIFEST} (its save did not "
+            f"finish).{_beside(loc)}"
         )
     try:
         m = json.loads(raw)
@@ -124,6 +136,7 @@ def _check_manifest(m: dict, path: str) -> None:
         raise CheckpointCorruptError(
             f"{MANIFEST} of {path!r}: bad checksum {m['checksum']!r} or arrays."
         )
+    _check_applied(m, path)
     try:
         codecs_for(m["compression"], False)
     except InvalidConfigError as err:
@@ -137,6 +150,37 @@ def _check_manifest(m: dict, path: str) -> None:
                 f"{MANIFEST} of {path!r}: array {name!r} should have shape {shape}; the "
                 f"manifest says {entry.get('shape') if isinstance(entry, dict) else entry!r}."
             )
+
+
+def _beside(loc: Location) -> str:
+    """Where a save that was replacing the checkpoint at ``loc`` and was cut short left
+    committed checkpoints beside it (see ``Location.replace_with``), as a hint."""
+    try:
+        found = [s.url for s in (loc.sibling(STAGING), loc.sibling(RETIRING)) if s.has(MANIFEST)]
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    if not found:
+        return ""
+    return f" A save replacing it was cut short; committed checkpoint(s) are beside it: {found}."
+
+
+def _check_applied(m: dict, path: str) -> None:
+    """``applied`` (absent in older checkpoints): per shard, the number of its last push
+    and how many pushes it applied, non-negative integers."""
+    applied = m.get("applied")
+    if applied is None:
+        return
+    ok = isinstance(applied, list) and len(applied) == m["num_shards"]
+    for entry in applied if ok else ():
+        ok = ok and isinstance(entry, dict) and set(entry) == {"step", "pushes"}
+        ok = ok and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in entry.values()
+        )
+    if not ok:
+        raise CheckpointCorruptError(
+            f"{MANIFEST} of {path!r}: bad applied {applied!r}: expected, for each of the "
+            f"{m['num_shards']} shards, {{'step': int, 'pushes': int}}."
+        )
 
 
 def array_shapes(m: dict) -> dict[str, list[int]]:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from shardemb.checkpoint.chunks import ChunkIO, check_inside, raise_read_error
-from shardemb.checkpoint.format import READ_WINDOW_BYTES, layout_of
+from shardemb.checkpoint.format import MANIFEST, READ_WINDOW_BYTES, array_dtype, layout_of
 from shardemb.checkpoint.location import Location
 from shardemb.checkpoint.manifest import array_shapes, read_manifest
 from shardemb.core.config import TableConfig
 from shardemb.core.partition import Partition
-from shardemb.errors import CheckpointCorruptError, InvalidConfigError, ShardembError
+from shardemb.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    InvalidConfigError,
+    ShardembError,
+)
 
 #: Creates an empty table for :func:`restore_store`: ``factory(config, **runtime)``. The
 #: store layer (above this one) registers it, so the checkpoint layer never imports it.
@@ -49,11 +56,12 @@ def verify_checkpoint(
         except Exception as err:  # noqa: BLE001 - any failure here means damage
             raise_read_error(path, f"array {name!r} cannot be opened", err)
         chunks = [m["chunk_rows"], shape[1]]
-        if list(arr.shape) != shape or list(arr.chunks) != chunks or arr.dtype != m["dtype"]:
+        dtype = array_dtype(m, name)
+        if list(arr.shape) != shape or list(arr.chunks) != chunks or arr.dtype != dtype:
             raise CheckpointCorruptError(
                 f"Checkpoint {path!r}: array {name!r} has shape {list(arr.shape)}, chunks "
                 f"{list(arr.chunks)}, dtype {arr.dtype}; the manifest says shape {shape}, "
-                f"chunks {chunks}, dtype {m['dtype']}."
+                f"chunks {chunks}, dtype {dtype}."
             )
         rel = name.removeprefix("shards/")
         nchunks = -(-shape[0] // chunks[0])
@@ -64,9 +72,7 @@ def verify_checkpoint(
                 f"chunks ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})."
             )
         if not m.get("compression"):
-            size = chunks[0] * shape[1] * np.dtype(m["dtype"]).itemsize + (
-                4 if m.get("checksum") else 0
-            )
+            size = chunks[0] * shape[1] * np.dtype(dtype).itemsize + (4 if m.get("checksum") else 0)
             bad = [f"c/{i}/0" for i in range(nchunks) if files[f"{rel}/c/{i}/0"] != size]
             if bad:
                 raise CheckpointCorruptError(
@@ -78,7 +84,7 @@ def verify_checkpoint(
             for name, (rows, width) in array_shapes(m).items():
                 window = max(m["chunk_rows"], READ_WINDOW_BYTES // (width * 8))
                 window -= window % m["chunk_rows"]
-                buf = np.empty((min(window, rows), width), m["dtype"])
+                buf = np.empty((min(window, rows), width), array_dtype(m, name))
                 for start in range(0, rows, window):
                     stop = min(start + window, rows)
                     io.read(name, rows, start, stop, buf[: stop - start])
@@ -109,10 +115,11 @@ def read_table(path: str, *, slot: str | None = None) -> np.ndarray:
     kind = "weights" if slot is None else f"slots/{slot}"
     width = m["shape"][1] if slot is None else m["slots"][slot]
     part = Partition(m["partition"], m["shape"][0], m["num_shards"])
-    out = np.empty((m["shape"][0], width), m["dtype"])
+    dtype = array_dtype(m, kind)
+    out = np.empty((m["shape"][0], width), dtype)
     with ChunkIO(Location.of(path), path, **layout_of(m)) as io:
         for s, rows in enumerate(m["shard_rows"]):
-            block = np.empty((rows, width), m["dtype"])
+            block = np.empty((rows, width), dtype)
             out[part.global_rows(s)] = io.read(f"shards/{s}/{kind}", rows, 0, rows, block)
     return out
 
@@ -172,11 +179,15 @@ def restore_store(
     return store
 
 
-def load_shard(store, index: int, path: str, *, step: int | None = None) -> int:
+def load_shard(
+    store, index: int, path: str, *, step: int | None = None, replace: bool = True
+) -> int:
     """Refill shard ``index`` of ``store`` (e.g. a restarted, empty one) with its rows,
     slots and step from the checkpoint at ``path``, saved with any sharding; returns the
     checkpoint's step. The other shards are not touched. ``step`` sets the shard's step
-    instead (e.g. the other shards' one: saves need all shards on the same step).
+    instead. With ``replace=False`` a shard that holds its rows already is left as it is:
+    the shard runs one call at a time, so several processes recovering it load it once,
+    and never undo a push applied after that load.
 
     The checkpoint must be of this table: its saved name is the table's name, or the name
     of the table it was restored from under a new one (``EmbeddingStore.restore(path,
@@ -220,7 +231,8 @@ def load_shard(store, index: int, path: str, *, step: int | None = None) -> int:
     loc.check_backend(store.backend_name)
     source, window_rows, path = read_args(m, path)
     if step is not None:
-        source["step"] = int(step)
+        source["step"], source["applied"] = int(step), None
+    source["replace"] = bool(replace)
     store.shard_call(read_shard, loc, source, window_rows, path, only=index)
     return int(m["step"])
 
@@ -228,15 +240,22 @@ def load_shard(store, index: int, path: str, *, step: int | None = None) -> int:
 def read_args(m: dict, path: str) -> tuple:
     """What :func:`read_shard` needs to know of checkpoint ``m``."""
     source = {k: m[k] for k in ("shape", "num_shards", "partition", "shard_rows", "slots", "step")}
-    source.update(layout_of(m))
+    source.update(layout_of(m), applied=m.get("applied"), save_id=m.get("save_id"))
+    source["stamp"] = time.time_ns()
     row_bytes = (m["shape"][1] + sum(m["slots"].values())) * np.dtype(m["dtype"]).itemsize
     window_rows = max(m["chunk_rows"], READ_WINDOW_BYTES // row_bytes)
     return source, window_rows, str(path)
 
 
-def read_shard(shard, loc: Location, src: dict, window_rows: int, path: str) -> int:
+def read_shard(shard, loc: Location, src: dict, window_rows: int, path: str) -> bool:
     """Shard side of a restore: fill this shard's rows and slots from the saved shards'
-    arrays, reading for each block of its rows the window of saved rows that holds them."""
+    arrays, reading for each block of its rows the window of saved rows that holds them.
+    Returns whether it did (not when ``src["replace"]`` is false and it holds its rows).
+    The shard holds no rows (``loaded`` is false: it serves nothing) until the read is
+    complete, so a read that fails midway never leaves a mix of rows to serve."""
+    if shard.loaded and not src.get("replace", True):
+        return False
+    shard.loaded = False
     old = Partition(src["partition"], src["shape"][0], src["num_shards"])
     new = shard.config.partition
     widths = {"weights": src["shape"][1], **{f"slots/{k}": w for k, w in src["slots"].items()}}
@@ -250,11 +269,11 @@ def read_shard(shard, loc: Location, src: dict, window_rows: int, path: str) -> 
     def buffer(key, rows: int, width: int) -> np.ndarray:
         buf = buffers.get(key)
         if buf is None or len(buf) < rows:
-            buf = buffers[key] = np.empty((rows, width), src["dtype"])
+            buf = buffers[key] = np.empty((rows, width), array_dtype(src, key))
         return buf[:rows]
 
     storages = {"weights": shard.weights, **{f"slots/{k}": shard.slots[k] for k in src["slots"]}}
-    layout = {k: src[k] for k in ("dtype", "chunk_rows", "compression", "checksum")}
+    layout = {k: src[k] for k in ("dtype", "slot_dtype", "chunk_rows", "compression", "checksum")}
     with ChunkIO(loc, path, **layout) as chunks:
         for start in range(0, shard.num_rows, block):
             stop = min(start + block, shard.num_rows)
@@ -287,8 +306,31 @@ def read_shard(shard, loc: Location, src: dict, window_rows: int, path: str) -> 
             if not in_place:
                 slots = {k.removeprefix("slots/"): v for k, v in dest.items() if k != "weights"}
                 shard.write_block(start, dest["weights"], slots, src["step"])
-    shard.step = int(src["step"])
-    return shard.num_rows
+    _check_unchanged(loc, src, path)
+    # Same sharding: each shard gets back what it had applied; else the table's step.
+    applied = src.get("applied")
+    mine = applied[shard.index] if applied and old == new else {"step": src["step"], "pushes": 0}
+    shard.step, shard.pushes = int(mine["step"]), int(mine["pushes"])
+    shard.loaded, shard.loaded_from = True, (loc.url, shard.step)
+    shard.checkpoint = (src["stamp"], loc.url)
+    return True
+
+
+def _check_unchanged(loc: Location, src: dict, path: str) -> None:
+    """Raise if another save replaced the checkpoint at ``path`` while this shard read it
+    (its chunks could then mix two versions); the shard is then not marked loaded."""
+    import json
+
+    raw = loc.read(MANIFEST)
+    try:
+        now = json.loads(raw).get("save_id") if raw is not None else None
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        now = None
+    if src.get("save_id") is not None and now != src["save_id"]:
+        raise CheckpointError(
+            f"Checkpoint {path!r} was replaced by another save while it was read (its rows "
+            "could mix two versions): the shard is left without rows. Try again."
+        )
 
 
 def _as_slice(positions: np.ndarray) -> slice | np.ndarray:

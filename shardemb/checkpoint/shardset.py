@@ -17,7 +17,9 @@ class ShardSet(Protocol):
     config: TableConfig
     """The table's configuration (shape, dtype, partition, optimizer)."""
     last_checkpoint: str | None
-    """The committed checkpoint a dead shard is restarted from; a save or restore sets it."""
+    """The latest checkpoint this handle saved or restored (a save or restore sets it); a
+    dead shard comes back from the table's newest one, which every save tells the shards
+    (``writer.note_checkpoint``), and from this one only when no live shard knows one."""
     restored_from: str | None
     """The saved table's name when a restore gave the table a new name, else ``None``."""
 

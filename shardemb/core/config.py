@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shardemb._validate import check_positive_int
+from shardemb.core.constraints import RowConstraint, get_constraint
 from shardemb.core.initializers import Initializer, get_initializer
 from shardemb.core.optimizers import SparseOptimizer, get_optimizer
 from shardemb.core.partition import Partition
@@ -62,6 +63,8 @@ class TableConfig:
     """``"cpu"`` (numpy storage) or ``"gpu"`` (TensorFlow storage on the shard's device)."""
     storage: str = "numpy"
     """``"numpy"`` or ``"tensorflow"``; ``device="gpu"`` implies ``"tensorflow"``."""
+    constraint: RowConstraint | None = None
+    """Applied by each shard to the rows a push updated (``embeddings_constraint``)."""
 
     @classmethod
     def build(
@@ -78,6 +81,7 @@ class TableConfig:
         seed: int | None = None,
         device: str = "cpu",
         storage: str | None = None,
+        constraint: object = None,
     ) -> TableConfig:
         """Validate user arguments (messages name the argument and repeat the value)."""
         if not is_safe_name(name):
@@ -118,16 +122,23 @@ class TableConfig:
             seed=int(seed),
             device=device,
             storage=storage,
+            constraint=get_constraint(constraint),
         )
 
     @property
     def num_shards(self) -> int:
         return self.partition.num_shards
 
+    @property
+    def slot_dtype(self) -> str:
+        """Optimizer slots' dtype: float32 for a float16 table (Adam's second moment
+        underflows float16, Adagrad's accumulator saturates at 65504), else the table's."""
+        return "float32" if self.dtype == "float16" else self.dtype
+
     def slot_bytes_per_row(self) -> int:
         """Bytes of one row plus its optimizer slots."""
-        width = self.dim + sum(w for w, _ in self.optimizer.slot_specs(self.dim).values())
-        return width * np.dtype(self.dtype).itemsize
+        slots = sum(w for w, _ in self.optimizer.slot_specs(self.dim).values())
+        return self.dim * np.dtype(self.dtype).itemsize + slots * np.dtype(self.slot_dtype).itemsize
 
     def to_dict(self) -> dict:
         """JSON-ready description (checkpoint manifests, ``get_config``)."""
@@ -143,6 +154,7 @@ class TableConfig:
             "seed": self.seed,
             "device": self.device,
             "storage": self.storage,
+            **({"constraint": self.constraint.get_config()} if self.constraint else {}),
         }
 
     @classmethod
@@ -159,6 +171,7 @@ class TableConfig:
             seed=d["seed"],
             device=d.get("device", "cpu"),
             storage=d.get("storage"),
+            constraint=d.get("constraint"),
         )
 
 

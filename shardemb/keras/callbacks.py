@@ -12,9 +12,12 @@ from shardemb.checkpoint import CheckpointManager, read_manifest
 from shardemb.core.config import is_safe_name
 from shardemb.errors import CheckpointNotFoundError, InvalidConfigError
 from shardemb.keras.layer import ShardedEmbedding
-from shardemb.store import EmbeddingStore
+from shardemb.store import DynamicEmbeddingStore, EmbeddingStore
 
-__all__ = ["TableCheckpoint"]
+__all__ = ["TableCheckpoint", "TableStats"]
+
+#: Counters :class:`TableStats` logs by default (see ``DynamicEmbeddingStore.stats``).
+STATS = ("rows", "inserts", "evictions", "admissions_rejected", "unknown_lookups")
 
 
 class TableCheckpoint(keras.callbacks.Callback):
@@ -95,13 +98,13 @@ class TableCheckpoint(keras.callbacks.Callback):
                 )
             old = layer.store
             kwargs = {"backend": layer.backend, **restore_kwargs}
-            new = EmbeddingStore.restore(
-                latest, name=f"{old.name}-r{uuid.uuid4().hex[:6]}", **kwargs
-            )
-            if new.shape != (layer.input_dim, layer.output_dim):
+            kind = DynamicEmbeddingStore if layer.dynamic else EmbeddingStore
+            new = kind.restore(latest, name=f"{old.name}-r{uuid.uuid4().hex[:6]}", **kwargs)
+            shape = (None, new.dim) if layer.dynamic else new.shape
+            if shape != (layer.input_dim, layer.output_dim):
                 new.close()
                 raise InvalidConfigError(
-                    f"Checkpoint {latest!r} holds a {new.shape} table; layer {layer.name!r} "
+                    f"Checkpoint {latest!r} holds a {shape} table; layer {layer.name!r} "
                     f"needs {(layer.input_dim, layer.output_dim)}."
                 )
             if layer._owns_store:
@@ -109,6 +112,66 @@ class TableCheckpoint(keras.callbacks.Callback):
             layer.store, layer._owns_store = new, True
             steps[layer.name] = int(read_manifest(latest)["step"])
         return steps
+
+
+class TableStats(keras.callbacks.Callback):
+    """Put the counters of every dynamic :class:`ShardedEmbedding` table of a model into
+    Keras's ``logs`` during ``fit``, as ``<layer name>/<counter>`` (the totals of
+    ``store.stats()``), so the progress bar, ``History`` and later callbacks see them:
+    at the end of every epoch, and every ``every_n_batches`` training batches. Put it
+    before callbacks that read them. Each update asks every shard once.
+
+    Example:
+        >>> import keras, numpy as np, shardemb
+        >>> from shardemb.keras.callbacks import TableStats
+        >>> layer = shardemb.ShardedEmbedding(None, 4, name="items", capacity=8,
+        ...                                   eviction="lru", backend="inprocess")
+        >>> model = keras.Sequential([keras.Input((2,), dtype="int64"), layer,
+        ...                           keras.layers.Flatten(), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> keys = np.arange(20, dtype="int64").reshape(10, 2) * 2**40
+        >>> fit = model.fit(keys, np.ones((10, 1)), batch_size=2, verbose=0,
+        ...                 callbacks=[TableStats(["rows", "evictions"])])
+        >>> fit.history["items/rows"][-1] <= 8 < fit.history["items/evictions"][-1] + 8
+        True
+        >>> layer.close()
+    """
+
+    def __init__(self, counters=STATS, *, every_n_batches: int | None = 1):
+        super().__init__()
+        check_positive_int("every_n_batches", every_n_batches, optional=True)
+        if isinstance(counters, str) or not all(isinstance(c, str) for c in counters):
+            raise InvalidConfigError(
+                f"`counters` must be a list of counter names such as {list(STATS)}. "
+                f"Received: counters={counters!r}"
+            )
+        self.counters = tuple(counters)
+        self.every_n_batches = every_n_batches
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every_n_batches and (batch + 1) % self.every_n_batches == 0:
+            self.log(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.log(logs)
+
+    def log(self, logs: dict | None) -> dict:
+        """Add the counters to ``logs`` (a dict, changed in place) and return them."""
+        found = {}
+        for layer in _sharded_layers(self.model):
+            if not layer.dynamic or not layer.built:
+                continue
+            total = layer.store.stats()["total"]
+            unknown = sorted(set(self.counters) - set(total))
+            if unknown:
+                raise InvalidConfigError(
+                    f"`counters` names counters a dynamic table does not keep: {unknown}; "
+                    f"it keeps {sorted(total)}. Received: counters={list(self.counters)}"
+                )
+            found.update({f"{layer.name}/{c}": total[c] for c in self.counters})
+        if logs is not None:
+            logs.update(found)
+        return found
 
 
 def _sharded_layers(model) -> list[ShardedEmbedding]:

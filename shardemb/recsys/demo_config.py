@@ -36,4 +36,7 @@ class DemoConfig:
     eval_users: int = 5000
     seed: int = 0
     keep_checkpoints: int = 2
+    dynamic: bool = False
+    capacity_ratio: float = 0.98
+    """With ``dynamic``: each table's capacity as a fraction of its distinct ids."""
     extra: dict = field(default_factory=dict)

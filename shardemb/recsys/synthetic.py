@@ -21,7 +21,10 @@ from shardemb.errors import InvalidConfigError
 from shardemb.recsys.interactions import Interactions
 from shardemb.recsys.tastes import SyntheticTruth, choose_items
 
-__all__ = ["synthetic_interactions"]
+__all__ = ["raw_ids", "synthetic_interactions"]
+
+#: An odd 64-bit constant (2**64 / golden ratio): multiplying by it is a bijection.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 _MIN_PER_USER = 3  # enough for a per-user held-out split
 _START_TIME = 1_577_836_800  # 2020-01-01, so timestamps look like a real log
@@ -123,6 +126,21 @@ def synthetic_interactions(
         users[order], items[shuffled][order], ratings[shuffled][order], timestamps[order]
     )
     return (log, truth) if return_truth else log
+
+
+def raw_ids(rows: Any, salt: int) -> np.ndarray:
+    """Raw 64-bit ids for the rows ``0..n-1`` of a synthetic log, spread over the whole
+    int64 range like hashed ids (negatives included): ``(row * odd constant) ^ salt``
+    modulo 2**64, a bijection, so distinct rows keep distinct ids.
+
+    Example:
+        >>> ids = raw_ids(np.arange(4), salt=1)
+        >>> len(set(ids.tolist())), bool(ids.min() < 0 < ids.max())
+        (4, True)
+    """
+    rows = np.asarray(rows, dtype=np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        return ((rows * _GOLDEN) ^ np.uint64(salt)).view(np.int64)
 
 
 def _check_real(name: str, value: Any, *, allow_zero: bool) -> None:

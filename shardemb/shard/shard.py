@@ -1,4 +1,4 @@
-"""One shard of a table: its rows, its optimizer slots and its step count.
+"""One shard of a table: its rows, its optimizer slots and the pushes it applied.
 
 A plain class: the Ray actor is made from it where actors are created
 (:mod:`shardemb.transport.backends`), so all of this is unit-tested in-process.
@@ -6,6 +6,11 @@ A plain class: the Ray actor is made from it where actors are created
 Rows are addressed by *local* row index (see :mod:`shardemb.core.partition`); the router
 validates ids and gradients before anything reaches a shard, and the shard re-checks
 shapes so that no call can leave it half-updated.
+
+A shard made with ``initialize=False`` (a restore, or a restart after a crash) holds no
+rows until a checkpoint is read into it (``loaded``); until then it refuses every lookup,
+push, read and save with :class:`~shardemb.errors.ShardNotLoadedError`, so its zeros are
+never served as rows.
 
 Example:
     >>> import numpy as np
@@ -23,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from shardemb.core.config import TableConfig
-from shardemb.errors import InvalidGradientError, InvalidIdsError
+from shardemb.errors import InvalidGradientError, InvalidIdsError, ShardNotLoadedError
 from shardemb.shard.storage import make_storage
 
 __all__ = ["INIT_BLOCK_ROWS", "Shard", "sum_duplicates"]
@@ -39,11 +44,23 @@ class Shard:
         self.config = config
         self.index = int(index)
         self.num_rows = int(config.partition.shard_sizes()[index])
+        #: The table-wide number of the last push applied here (Adam's bias correction
+        #: uses it); pushes that did not address this shard are counted too.
         self.step = 0
+        #: Pushes this shard applied itself.
+        self.pushes = 0
+        #: Whether the rows are the table's: initialized, or read from a checkpoint.
+        self.loaded = bool(initialize)
+        #: ``(time_ns, path)`` of the newest committed checkpoint of the table this shard
+        #: was told of (saved or loaded): where a replacement of any shard reloads from.
+        self.checkpoint: tuple[int, str] | None = None
+        #: ``(path, step)`` of the checkpoint this shard's rows were read from, if any.
+        self.loaded_from: tuple[str, int] | None = None
+        self._push_step: int | None = None  # set by push_at for a transport's push method
         kind, dtype, device = config.storage, config.dtype, _tf_device(config.device)
         self.weights = make_storage(kind, self.num_rows, config.dim, dtype, device)
         self.slots = {
-            name: make_storage(kind, self.num_rows, width, dtype, device)
+            name: make_storage(kind, self.num_rows, width, config.slot_dtype, device)
             for name, (width, _) in config.optimizer.slot_specs(config.dim).items()
         }
         if initialize:
@@ -57,7 +74,7 @@ class Shard:
             rows = cfg.partition.global_rows(self.index, np.arange(start, stop))
             self.weights.write(start, cfg.initializer.generate(rows, cfg.dim, cfg.seed, cfg.dtype))
             for name, (width, init) in specs.items():
-                self.slots[name].write(start, np.full((stop - start, width), init, cfg.dtype))
+                self.slots[name].write(start, np.full((stop - start, width), init, cfg.slot_dtype))
 
     # -- serving ----------------------------------------------------------------------
     def lookup(self, local: np.ndarray) -> np.ndarray:
@@ -65,11 +82,16 @@ class Shard:
         local = self.check_rows(local)
         return self.weights.host(self.weights.gather(local))
 
-    def apply_gradients(self, local: np.ndarray, grads: np.ndarray) -> None:
+    def apply_gradients(
+        self, local: np.ndarray, grads: np.ndarray, step: int | None = None
+    ) -> None:
         """Sum the gradients of duplicate rows, then run one optimizer step on them.
 
-        Every call counts as one step, also an empty one, so all shards of a table agree
-        on the step (Adam's bias correction uses it).
+        ``step`` is the push's number in the table's sequence: the router numbers every
+        push, also those that reach only other shards, so the optimizer's step (Adam's bias
+        correction) counts the table's pushes as Keras counts iterations. The shard's step
+        becomes ``step``, or one more than before where that is larger (pushes of several
+        processes); without ``step``, one more than before.
         """
         local = self.check_rows(local)
         grads = np.asarray(grads)
@@ -78,21 +100,38 @@ class Shard:
                 f"Shard {self.index} expected gradients of shape {(local.size, self.config.dim)}."
                 f" Received: shape={grads.shape}"
             )
-        self.step += 1
+        step = self._push_step if step is None else step
+        self.step = self.step + 1 if step is None else max(int(step), self.step + 1)
+        self.pushes += 1
         if local.size == 0:
             return
-        rows, summed = sum_duplicates(local, grads.astype(self.config.dtype, copy=False))
+        # Duplicates are summed, and the optimizer runs, at the slots' precision (float32
+        # for a float16 table); the new rows are stored at the table's.
+        cfg = self.config
+        rows, summed = sum_duplicates(local, grads.astype(cfg.slot_dtype, copy=False))
         w = self.weights
         slots = {k: s.gather(rows) for k, s in self.slots.items()}
-        new_rows, new_slots = self.config.optimizer.update(
+        new_rows, new_slots = cfg.optimizer.update(
             w.ops, w.gather(rows), slots, w.native(summed), self.step
         )
+        if cfg.constraint is not None:  # on the host: a few rows, after the optimizer
+            new_rows = w.native(cfg.constraint.apply(w.host(new_rows)))
         w.scatter(rows, new_rows)
         for k, v in new_slots.items():
             self.slots[k].scatter(rows, v)
 
+    def push_at(self, step: int, method: str, *args) -> None:
+        """Apply the push ``method(*args)`` (a transport's form of :meth:`apply_gradients`,
+        e.g. through shared memory) as push number ``step`` of the table."""
+        self._push_step = int(step)
+        try:
+            getattr(self, method)(*args)
+        finally:
+            self._push_step = None
+
     def write_rows(self, start: int, values: np.ndarray) -> None:
         """Overwrite contiguous local rows from ``start`` (``set_weights``); slots are kept."""
+        self.check_loaded()
         values = np.asarray(values, dtype=self.config.dtype)
         if (
             values.ndim != 2
@@ -108,24 +147,31 @@ class Shard:
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """A copy of the contiguous local rows ``[start, stop)``."""
+        self.check_loaded()
         return self.weights.to_numpy(start, self.num_rows if stop is None else stop)
 
     def read_slot(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        self.check_loaded()
         return self.slots[name].to_numpy(start, self.num_rows if stop is None else stop)
 
     def write_block(self, start: int, weights: np.ndarray, slots: dict, step: int) -> None:
         """Overwrite contiguous rows and their slots (restore), and set the step."""
         self.weights.write(start, np.asarray(weights, self.config.dtype))
         for name, values in slots.items():
-            self.slots[name].write(start, np.asarray(values, self.config.dtype))
+            self.slots[name].write(start, np.asarray(values, self.config.slot_dtype))
         self.step = int(step)
 
     def info(self) -> dict:
-        """Size, memory and step of this shard."""
+        """Size, memory, step and pushes of this shard; whether it holds its rows
+        (``loaded``) and the newest checkpoint of the table it knows (``checkpoint``)."""
         return {
             "index": self.index,
             "num_rows": self.num_rows,
             "step": self.step,
+            "pushes": self.pushes,
+            "loaded": self.loaded,
+            "checkpoint": self.checkpoint,
+            "loaded_from": self.loaded_from,
             "bytes": self.weights.nbytes + sum(s.nbytes for s in self.slots.values()),
             "storage": self.config.storage,
             "device": getattr(self.weights, "device", "cpu"),
@@ -139,8 +185,18 @@ class Shard:
         work without the shard importing them. ``fn`` must be a module-level function."""
         return fn(self, *args)
 
+    def check_loaded(self) -> None:
+        """Raise :class:`ShardNotLoadedError` unless this shard holds its rows."""
+        if not self.loaded:
+            raise ShardNotLoadedError(
+                f"Shard {self.index} of table {self.config.name!r} was restarted and has not "
+                "loaded its rows from a checkpoint: it serves nothing until it has."
+            )
+
     def check_rows(self, local) -> np.ndarray:
-        """``local`` as int64 local rows of this shard; raises on anything else."""
+        """``local`` as int64 local rows of this shard (which must hold its rows: see
+        :meth:`check_loaded`); raises on anything else."""
+        self.check_loaded()
         local = np.asarray(local)
         if local.ndim != 1 or local.dtype.kind not in "iu":
             raise InvalidIdsError(

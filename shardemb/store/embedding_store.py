@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from typing import Any
@@ -31,8 +32,9 @@ from shardemb.errors import (
     ShardUnavailableError,
     TableNotFoundError,
 )
+from shardemb.store.dynamic_store import dynamic_vocabulary
 from shardemb.store.pending import PendingPushes
-from shardemb.store.recovery import recover
+from shardemb.store.recovery import recover, report_reloaded
 from shardemb.transport.backends import ShardResources, check_timeout, get_backend
 from shardemb.transport.channel import ShmChannel, probe_channel
 
@@ -76,6 +78,8 @@ class EmbeddingStore:
         self.timeout = timeout
         self._lock = threading.RLock()
         self._pending = PendingPushes(config.num_shards)
+        self._seq: int | None = None  # number of the last push (None: ask the shards)
+        self._unreported: set[int] = set()  # shards lost, not reloaded yet (recovery)
         self._dedup = Deduplicator(config.vocab_size)
         self._closed = False
         self._shm: ShmChannel | None = None  # set once probed (self._shm_probed)
@@ -84,6 +88,7 @@ class EmbeddingStore:
 
     # -- construction -----------------------------------------------------------------
     @classmethod
+    @dynamic_vocabulary  # vocab_size=None: a DynamicEmbeddingStore (store/dynamic_store.py)
     def create(
         cls,
         name: str,
@@ -103,6 +108,7 @@ class EmbeddingStore:
         backend: str = "ray",
         address: str | None = None,
         timeout: float = 300.0,
+        constraint: object = None,
     ) -> EmbeddingStore:
         """Create a table of ``vocab_size`` rows of width ``dim`` over ``num_shards`` shards.
 
@@ -128,6 +134,9 @@ class EmbeddingStore:
                 started here (if no ``ray.init`` was called).
             timeout: seconds (a positive finite number) any call waits for a shard before
                 :class:`ShardTimeoutError`; ``None`` waits forever.
+            constraint: applied by each shard to the rows a push updates
+                (:mod:`shardemb.core.constraints`; a Keras ``NonNeg`` or a row-norm
+                constraint with ``axis=1``).
         """
         config = TableConfig.build(
             name,
@@ -141,6 +150,7 @@ class EmbeddingStore:
             seed=seed,
             device=device,
             storage=storage,
+            constraint=constraint,
         )
         return cls._start(
             config,
@@ -177,8 +187,9 @@ class EmbeddingStore:
             config, be, handles, owner=True, timeout=timeout, resources=resources, detached=detached
         )
         if not detached:
-            # A non-detached table dies with its creator: make that explicit and prompt.
+            # A non-detached table dies with its creator: killed once dropped; at exit, by Ray.
             store._finalizer = weakref.finalize(store, be.kill, config.name, list(handles))
+            store._finalizer.atexit = False  # a kill at exit can run after Ray's own shutdown
         return store
 
     @classmethod
@@ -345,7 +356,8 @@ class EmbeddingStore:
         return [{"shard": i, "rows": sizes[i], **n} for i, n in enumerate(nodes)]
 
     def info(self) -> list[dict]:
-        """Per shard: rows, bytes (rows plus slots), step, storage and device."""
+        """Per shard: rows, bytes (rows plus slots), storage, device, ``step`` (the number
+        of its last push), ``pushes`` (how many), ``loaded``, ``checkpoint`` (Shard.info)."""
         futures = [self._backend.submit(h, "info") for h in self._handles]
         with self._lock:
             return self._get(futures)
@@ -384,7 +396,7 @@ class EmbeddingStore:
                 self._closed = True
                 if self._owner:
                     self._backend.kill(self.config.name, self._handles)
-                self._reset_channel()
+                self._reset_channel(remove_tables=self._owner)
                 if self._finalizer is not None:
                     self._finalizer.detach()
 
@@ -407,13 +419,8 @@ class EmbeddingStore:
             raise
 
     def _recover(self, err: ShardUnavailableError) -> None:
-        """Restart dead shards from :attr:`last_checkpoint` (see :mod:`.recovery`)."""
-        path = self.last_checkpoint
-
-        def reload(index: int, step: int | None) -> int:
-            return checkpoint.load_shard(self, index, path, step=step)
-
-        recover(self, err, reload)
+        """Bring back dead shards (:mod:`.recovery`: one replacement each, loaded once)."""
+        recover(self, err, functools.partial(checkpoint.load_shard, self, replace=False))
 
     def _raise_pending(self) -> None:
         """Raise the error of any push that already finished with one (fire-and-forget
@@ -423,6 +430,7 @@ class EmbeddingStore:
         finished = self._pending.take_finished(self._backend)
         if finished:
             self._get(finished)
+        report_reloaded(self)  # shards this handle failed to reload: loaded by now?
 
     def _channel(self) -> ShmChannel | None:
         """The shared-memory channel to the shards on this host, probed on first use."""
@@ -433,9 +441,10 @@ class EmbeddingStore:
             )
         return self._shm
 
-    def _reset_channel(self, *, probe_again: bool = True) -> None:
+    def _reset_channel(self, *, probe_again: bool = True, remove_tables: bool = False) -> None:
         """Close the channel; the next call probes again (unless ``probe_again=False``:
-        then this table stays on Ray's transfer)."""
+        then this table stays on Ray's transfer). ``remove_tables``: the shards were
+        killed, remove their shared rows."""
         if self._shm is not None:
-            self._shm.close()
+            self._shm.close(remove_tables=remove_tables)
         self._shm, self._shm_probed = None, not probe_again

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from shardemb.core.router import assemble, plan_lookup
+from shardemb.errors import ShardError
 
 __all__ = ["gather_table", "lookup", "push", "write_table"]
 
@@ -25,10 +26,13 @@ def lookup(store, flat: np.ndarray, dedup) -> np.ndarray:
     cfg = store.config
     if flat.size == 0:
         return np.empty((0, cfg.dim), dtype=cfg.dtype)
+    channel = store._channel()
+    readers = channel.readers(range(cfg.num_shards)) if channel is not None else None
+    if readers is not None:
+        return _read_shared(store, flat, readers)
     plan = plan_lookup(flat, cfg.partition, dedup=dedup, deduplicator=store._dedup)
     split = plan.split
     n = split.local.size
-    channel = store._channel()
     if channel is not None and not _reserve(store, channel.lookup, n):
         channel = None
     if channel is None:
@@ -42,31 +46,78 @@ def lookup(store, flat: np.ndarray, dedup) -> np.ndarray:
     # Shards write each row straight to its final place in shared memory: at its
     # asked position, or for a deduplicated plan at its grouped position.
     buf = channel.lookup
+    request = buf.stamp()  # shards serve the request only while this is its stamp
     buf.ids(n)[:] = split.local
     dest = split.order if plan.inverse is None else np.arange(n)
     buf.pos(n)[:] = dest
-    futures, remote = [], []
-    for s in range(cfg.num_shards):
-        a, b = int(split.bounds[s]), int(split.bounds[s + 1])
-        if a == b:
-            continue
-        if channel.local[s]:
-            method, args = "lookup_shm", (buf.names, a, b)
-        else:
-            method, args = "lookup", (split.local_rows(s),)
-            remote.append((len(futures), a, b))
-        futures.append(store._backend.submit(store._handles[s], method, *args))
-    answers = store._get(futures)
+    futures, remote, shm = [], [], []
+    try:
+        for s in range(cfg.num_shards):
+            a, b = int(split.bounds[s]), int(split.bounds[s + 1])
+            if a == b:
+                continue
+            if channel.local[s]:
+                method, args = "lookup_shm", (buf.names, a, b, request)
+                shm.append((len(futures), s, b - a))
+            else:
+                method, args = "lookup", (split.local_rows(s),)
+                remote.append((len(futures), a, b))
+            futures.append(store._backend.submit(store._handles[s], method, *args))
+        answers = store._get(futures)
+    except BaseException:
+        # A request still queued on a slow shard would run later, on buffers the next
+        # lookup has filled: retire these (stamped, removed; the next lookup makes new ones).
+        buf.retire()
+        raise
+    for i, s, rows in shm:
+        if answers[i] != rows:
+            buf.retire()
+            raise ShardError(
+                f"Shard {s} of table {cfg.name!r} skipped lookup request {request} "
+                f"({rows} rows): its shared buffers no longer carried that request. "
+                f"Received: {answers[i]!r}"
+            )
     placed = buf.rows(n)
     for i, a, b in remote:
         placed[dest[a:b]] = answers[i]
     return assemble(plan, placed, owned=False, placed=True)
 
 
+def _read_shared(store, flat: np.ndarray, readers: list) -> np.ndarray:
+    """The rows of ``flat``, gathered here from the shards' shared rows: no Ray call, no
+    dedup (a duplicate costs one more copied row, less than deduplicating). Read-your-
+    writes: this process's pushes in flight are waited for first."""
+    cfg = store.config
+    mine = store._pending.futures_of(range(cfg.num_shards))
+    if mine:
+        store._backend.wait(mine, store.timeout)
+        store._raise_pending()  # a push that failed is raised now, not read around
+    if len(readers) == 1:
+        return readers[0].take(flat)
+    split = cfg.partition.split(flat)
+    grouped = np.empty((flat.size, cfg.dim), dtype=cfg.dtype)
+    for s, reader in enumerate(readers):
+        a, b = int(split.bounds[s]), int(split.bounds[s + 1])
+        if a < b:
+            reader.take(split.local[a:b], out=grouped[a:b])
+    out = np.empty_like(grouped)
+    out[split.order] = grouped
+    return out
+
+
 def push(store, split, flat_grads: np.ndarray) -> None:
-    """Send one push (``split`` of the ids, their gradients) to the shards without waiting;
-    the futures go to the store's pending queue."""
-    channel = store._channel()
+    """Send one push (``split`` of the ids, their gradients) without waiting to the shards
+    that hold its rows, and only to them; the futures go to the store's pending queue.
+
+    Each push gets the next number of the table's sequence (``store._seq``, continued from
+    the shards' steps on a handle's first push), and every shard it reaches applies it as
+    that step: a shard that no push addressed for a while still counts the table's
+    pushes (Adam's bias correction), exactly as if every push had reached every shard."""
+    if store._seq is None:  # this handle's first push: continue the table's count
+        infos = store._get([store._backend.submit(h, "info") for h in store._handles])
+        store._seq = max(i["step"] for i in infos)
+    asked = [s for s in range(len(store._handles)) if split.bounds[s + 1] > split.bounds[s]]
+    channel = store._channel() if asked else None
     if channel is not None:
         buf = channel.next_push(store._backend, store.timeout)
         if not _reserve(store, buf, split.local.size):
@@ -74,21 +125,20 @@ def push(store, split, flat_grads: np.ndarray) -> None:
     if channel is not None:
         buf.ids(split.local.size)[:] = split.local
         np.take(flat_grads, split.order, axis=0, out=buf.rows(split.local.size), mode="clip")
-    # Every shard gets the call, also with no rows, so all agree on the step count.
-    for s, handle in enumerate(store._handles):
+    # Numbered once nothing can fail before it is sent: a numbered push was sent.
+    store._seq += 1
+    step = store._seq
+    for s in asked:
+        handle = store._handles[s]
         if channel is not None and channel.local[s]:
             a, b = int(split.bounds[s]), int(split.bounds[s + 1])
             fut = store._backend.submit(
-                handle, "apply_gradients_shm", buf.ids_name, buf.rows_name, a, b
+                handle, "push_at", step, "apply_gradients_shm", buf.ids_name, buf.rows_name, a, b
             )
             buf.futures.append(fut)
         else:
-            fut = store._backend.submit(
-                handle,
-                "apply_gradients",
-                split.local_rows(s),
-                flat_grads[split.positions(s)],
-            )
+            rows, grads = split.local_rows(s), flat_grads[split.positions(s)]
+            fut = store._backend.submit(handle, "apply_gradients", rows, grads, step)
         store._pending.append((s, fut))
 
 
@@ -98,7 +148,8 @@ def gather_table(store, method: str, *args) -> np.ndarray:
     part = cfg.partition
     # A slot may be narrower than a row (row-wise Adagrad keeps one value per row).
     width = cfg.optimizer.slot_specs(cfg.dim)[args[0]][0] if method == "read_slot" else cfg.dim
-    out = np.empty((cfg.vocab_size, width), dtype=cfg.dtype)
+    dtype = cfg.slot_dtype if method == "read_slot" else cfg.dtype
+    out = np.empty((cfg.vocab_size, width), dtype=dtype)
     for block in _blocks(part):
         futures = [
             store._backend.submit(store._handles[s], method, *args, a, b) for s, a, b in block

@@ -25,6 +25,11 @@ class PendingPushes:
         """Add the ``(shard, future)`` of a push just sent."""
         self._items.append(item)
 
+    def futures_of(self, shards) -> list:
+        """The futures of the pushes in flight to ``shards`` (left in the queue)."""
+        shards = set(shards)
+        return [f for s, f in self._items if s in shards]
+
     def take_all(self) -> list:
         """Every pending future (the queue is left empty)."""
         items, self._items = list(self._items), collections.deque()

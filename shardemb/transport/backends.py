@@ -7,14 +7,17 @@ objects synchronously; it serves fast unit tests and users who want a store with
 
 Both backends expose: ``create``, ``attach``, ``submit`` (returns a future), ``get``
 (values of futures, or the first error as a shardemb error), ``done`` (non-blocking split
-of futures), ``kill`` and ``node_of``.
+of futures), ``alive``, ``kill`` and ``node_of``; Ray's also ``restart``.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,7 @@ from shardemb.errors import (
     TableNotFoundError,
 )
 from shardemb.shard.shard import Shard
+from shardemb.transport.auth import auth_help, check_token, refused_auth
 from shardemb.transport.endpoint import SharedMemoryEndpoint
 
 __all__ = [
@@ -143,8 +147,8 @@ class InProcessBackend:
     def wait(self, futures: list, timeout: float | None = None) -> None:
         return None
 
-    def alive(self, handles: list, timeout: float = 30.0) -> list[bool]:
-        return [True for _ in handles]
+    def alive(self, handles: list, timeout: float = 30.0) -> list[dict | None]:
+        return [h.info() for h in handles]
 
     def kill(self, name: str, handles: list) -> None:
         with self._lock:
@@ -200,40 +204,49 @@ class RayBackend:
         return handles
 
     def restart(
-        self, config: TableConfig, index: int, resources: ShardResources, detached: bool = False
+        self, config: TableConfig, index: int, old, resources: ShardResources, detached=False
     ):
-        """A new, empty actor for shard ``index`` under the same name (its rows are then
-        loaded from a checkpoint by the caller)."""
-        import time
-
-        try:
-            self._ray.kill(self._ray.get_actor(actor_name(config.name, index), NAMESPACE))
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        """The actor of shard ``index`` in place of ``old``, which died: the replacement
+        another process started first, or a new, empty one (to be loaded from a checkpoint).
+        The name is the lock; no actor but ``old`` (it may hang, not be gone) is killed."""
+        name = actor_name(config.name, index)
+        with contextlib.suppress(Exception):  # already gone
+            self._ray.kill(old, no_restart=True)
         deadline = time.monotonic() + 60
         while True:
-            try:
-                handle = self._start_actor(config, index, resources, detached, initialize=False)
-                break
-            except ValueError as err:
-                # The cluster frees a dead actor's name a moment after its death.
-                if "already taken" not in str(err) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        self.get([handle.ping.remote()], timeout=600)
-        return handle
+            held = self._holder(name)
+            if held is not None and held._actor_id != old._actor_id:
+                return held  # another process restarted it first: use that one
+            if held is None:
+                try:
+                    handle = self._start_actor(config, index, resources, detached, initialize=False)
+                    self.get([handle.ping.remote()], timeout=600)
+                    return handle
+                except self._ray.exceptions.ActorAlreadyExistsError:
+                    pass  # another process took the name just now (or the dead one holds it)
+            if time.monotonic() > deadline:  # the cluster frees a dead actor's name late
+                raise ShardUnavailableError(
+                    f"Shard {index} of table {config.name!r}: its dead actor kept its name 60 s."
+                )
+            time.sleep(0.2)
 
-    def alive(self, handles: list, timeout: float = 30.0) -> list[bool]:
-        """Which shard actors answer a ping."""
-        refs = [h.ping.remote() for h in handles]
+    def alive(self, handles: list, timeout: float = 30.0) -> list[dict | None]:
+        """Each shard's ``info()``; ``None`` for a shard that died or does not answer."""
+        refs = [h.info.remote() for h in handles]
         out = []
         for ref in refs:
             try:
-                self._ray.get(ref, timeout=timeout)
-                out.append(True)
+                out.append(self._ray.get(ref, timeout=timeout))
             except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
-                out.append(False)
+                out.append(None)
         return out
+
+    def _holder(self, name: str):
+        """The actor named ``name`` now, or ``None``."""
+        try:
+            return self._ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return None
 
     def _start_actor(self, config, index, resources, detached, initialize):
         num_gpus = resources.num_gpus or (1.0 if config.device == "gpu" else 0.0)
@@ -269,23 +282,17 @@ class RayBackend:
         return True
 
     def attach(self, name: str) -> tuple[TableConfig, list, bool]:
-        ray = self._ray
-        try:
-            first = ray.get_actor(actor_name(name, 0), namespace=NAMESPACE)
-        except ValueError:
+        first = self._holder(actor_name(name, 0))
+        if first is None:
             raise TableNotFoundError(
                 f"No table named {name!r} on this Ray cluster (namespace {NAMESPACE!r}). "
                 f"Received: name={name!r}"
-            ) from None
+            )
         config, detached = self.get([first.get_config.remote()], timeout=60)[0]
-        handles = [first]
-        for i in range(1, config.num_shards):
-            try:
-                handles.append(ray.get_actor(actor_name(name, i), namespace=NAMESPACE))
-            except ValueError:
-                raise ShardUnavailableError(
-                    f"Shard {i} of table {name!r} is missing from the cluster."
-                ) from None
+        handles = [first, *(self._holder(actor_name(name, i)) for i in range(1, config.num_shards))]
+        missing = [i for i, h in enumerate(handles) if h is None]
+        if missing:
+            raise ShardUnavailableError(f"Shard(s) {missing} of table {name!r} are missing.")
         return config, handles, detached
 
     def submit(self, handle, method: str, *args):
@@ -324,18 +331,16 @@ class RayBackend:
             raise ShardTimeoutError(f"{len(not_ready)} push(es) did not finish within {timeout} s.")
 
     def kill(self, name: str, handles: list) -> None:
-        for h in handles:
-            try:
+        """Kill the shards ``handles`` of table ``name`` and whatever holds their names (a
+        replacement this handle never saw); return once the names are free for everyone."""
+        for h in handles:  # dead ones too: a hung actor keeps its name
+            with contextlib.suppress(Exception):  # already gone is fine when closing
                 self._ray.kill(h, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone is fine when closing
-                pass
-        # The cluster frees the names a moment after the kill: wait, so that once close()
-        # returns the table is gone for every process (and its name can be reused).
-        import time
-
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30  # the cluster frees the names a moment later
         for i in range(len(handles)):
-            while self._exists(actor_name(name, i)) and time.monotonic() < deadline:
+            while (held := self._holder(actor_name(name, i))) and time.monotonic() < deadline:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(held, no_restart=True)
                 time.sleep(0.05)
 
     def node_of(self, handles: list) -> list[dict]:
@@ -378,20 +383,16 @@ def ensure_ray(address: str | None = None) -> None:
         _check_reachable(address)
     try:
         if address:
-            try:
-                ray.init(address=address, logging_level="WARNING")
-            except Exception as err:
-                # A cluster started with token auth (``shardemb cluster up``) refuses drivers
-                # that do not say so; the token itself is read from ~/.ray/auth_token.
-                if "auth" not in str(err).lower() or os.environ.get("RAY_AUTH_MODE"):
-                    raise
-                os.environ["RAY_AUTH_MODE"] = "token"
-                ray.shutdown()
-                ray.init(address=address, logging_level="WARNING")
+            ray.init(address=address, logging_level="WARNING")
         else:
             ray.init(address="local", include_dashboard=False, logging_level="WARNING")
+            # Ours to stop at exit as a script's last ray.shutdown() would (this runs before
+            # Ray's own exit hook, which first sleeps 0.5 s for the workers' last log lines).
+            atexit.register(ray.shutdown)
     except Exception as err:
         ray.shutdown()
+        if refused_auth(err):  # Ray's own message is a bare "Failed to connect"
+            raise ClusterConnectionError(auth_help(address)) from err
         raise ClusterConnectionError(
             f"Could not connect to the Ray cluster. Received: address={address!r} "
             f"({type(err).__name__}: {str(err).strip()[:300]})"
@@ -400,7 +401,8 @@ def ensure_ray(address: str | None = None) -> None:
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
     """Fail fast on a ``host:port`` nobody listens on (``ray.init`` would retry for
-    minutes). Other forms (``auto``, ``ray://...``) are left to Ray."""
+    minutes) or that refuses this process's token (20 s of retries). Other forms
+    (``auto``, ``ray://...``) are left to Ray."""
     import socket
 
     host, sep, port = address.rpartition(":")
@@ -414,6 +416,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
             f"`ray start --head` or `shardemb cluster up`, or fix the address. "
             f"Received: address={address!r}"
         ) from None
+    check_token(address, timeout)
 
 
 def check_timeout(timeout: object) -> None:

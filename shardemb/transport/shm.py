@@ -35,10 +35,16 @@ import uuid
 
 import numpy as np
 
-__all__ = ["SHM_DIR", "SegmentCache", "ShmSegment", "shm_available"]
+__all__ = ["RETIRED", "SHM_DIR", "STAMP_BYTES", "SegmentCache", "ShmSegment", "shm_available"]
 
 SHM_DIR = "/dev/shm"
 _PREFIX = "shardemb-"
+
+#: Bytes at the end of a request buffer that hold its stamp: the id of the request it
+#: carries now (one int64, alone in its cache line). At the end, so the ids stay at offset 0.
+STAMP_BYTES = 64
+#: The stamp of a buffer the router has given up: no request matches it.
+RETIRED = -1
 
 
 # Files this process created and has not removed yet: removed at exit, and files of
@@ -183,6 +189,15 @@ class ShmSegment:
         """A numpy view of the buffer (valid until :meth:`close`)."""
         return np.ndarray(shape, dtype=dtype, buffer=self._mm, offset=offset)
 
+    @property
+    def stamp(self) -> int:
+        """The request id in the buffer's last :data:`STAMP_BYTES` (see :data:`RETIRED`)."""
+        return int(self.array(np.int64, (1,), offset=self.size - STAMP_BYTES)[0])
+
+    @stamp.setter
+    def stamp(self, request: int) -> None:
+        self.array(np.int64, (1,), offset=self.size - STAMP_BYTES)[0] = request
+
     def close(self) -> None:
         """Unmap; the creator also removes the file. Views must not be used afterwards."""
         try:
@@ -199,13 +214,22 @@ class ShmSegment:
 
 
 class SegmentCache:
-    """A shard's cache of the routers' buffers it has mapped, least recently used out."""
+    """A shard's cache of the routers' buffers it has mapped, least recently used out.
 
-    def __init__(self, capacity: int = 32):
-        self.capacity = capacity
+    A router removes the file of a buffer it retires (grown, shrunk, given up after an
+    error, closed); its memory is freed only once every mapping is gone. So a mapping whose
+    file is gone is dropped: whenever a new buffer is attached (a router that retires one
+    sends a new one next), and at most every ``check_every`` seconds otherwise.
+    """
+
+    def __init__(self, capacity: int = 32, check_every: float = 1.0):
+        self.capacity, self.check_every = capacity, check_every
         self._maps: collections.OrderedDict[str, ShmSegment] = collections.OrderedDict()
+        self._checked = time.monotonic()
 
     def get(self, name: str) -> ShmSegment:
+        if name not in self._maps or time.monotonic() - self._checked > self.check_every:
+            self.drop_unlinked()
         buf = self._maps.get(name)
         if buf is None:
             buf = ShmSegment.attach(name)
@@ -221,3 +245,24 @@ class SegmentCache:
         buf = self._maps.pop(name, None)
         if buf is not None:
             buf.close()
+
+    def release(self, names) -> None:
+        """Unmap ``names`` (a router closing its buffers), and any buffer already removed."""
+        for name in names:
+            self.forget(name)
+        self.drop_unlinked()
+
+    def drop_unlinked(self) -> None:
+        """Unmap the buffers whose file is gone: their router retired them."""
+        self._checked = time.monotonic()
+        for name in list(self._maps):
+            if not os.path.exists(os.path.join(SHM_DIR, name)):
+                self.forget(name)
+
+    def info(self) -> dict:
+        """The names and total bytes of the buffers mapped now (for tests and diagnostics)."""
+        return {
+            "names": list(self._maps),
+            "bytes": sum(b.size for b in self._maps.values()),
+            "capacity": self.capacity,
+        }

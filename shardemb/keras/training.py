@@ -1,0 +1,230 @@
+"""How a :class:`~shardemb.keras.layer.ShardedEmbedding` trains: its step buffer.
+
+The trainer holds no copy of the table, only a *step buffer*: a trainable variable of
+``max_ids_per_step`` rows. A training forward pass gives the batch's distinct ids slots in
+the buffer (:class:`~shardemb.keras.slots.StepSlots`), copies their rows in from the store
+and gathers from the buffer, so the table's gradient is the buffer's gradient. The model's
+optimizer hands that gradient to :meth:`StepBuffer._apply_step_gradient` where it would
+update the variable (:mod:`shardemb.keras.hooks`), and the layer pushes it to the store.
+Inside an XLA-compiled step the same happens through the feeder's variables
+(:mod:`shardemb.keras.xla`).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.eager import record
+
+from shardemb.core.optimizers import get_optimizer
+from shardemb.core.router import check_ids
+from shardemb.errors import InvalidConfigError, InvalidIdsError
+from shardemb.keras import dynamic
+from shardemb.store import reconfigure
+
+__all__ = ["NOT_AN_ID", "StepBuffer", "lower_bound"]
+
+NOT_AN_ID = np.iinfo(np.int64).max  # pads sorted ids: sorts after every real id
+
+
+def lower_bound(sorted_ids: tf.Variable, ids):
+    """The position of each of ``ids`` in ``sorted_ids`` (a power-of-two length): a
+    branchless binary search, ``log2(len)`` gathers of ``len(ids)`` elements. (XLA's CPU
+    ``searchsorted`` compares every id with every element.)"""
+    size = int(sorted_ids.shape[0])
+    pos = tf.zeros_like(ids)
+    step = size // 2
+    while step:
+        probe = pos + step
+        pos = tf.where(tf.gather(sorted_ids, probe - 1) < ids, probe, pos)
+        step //= 2
+    return tf.minimum(pos, size - 1)
+
+
+class StepBuffer:
+    """Mixed into the layer: rows in, gradients out, through the step buffer."""
+
+    def _rows_at(self, flat):
+        """Rows of the 1-D int64 ids ``flat``, one per position, in the table's dtype."""
+        dtype = self.store.config.dtype
+        if self._in_fed_step:
+            return self._fed_rows_at(flat)
+        if not (self.trainable and record.could_possibly_record()):
+            uniq, idx = tf.unique(flat)
+            rows = tf.numpy_function(self._lookup_np, [uniq], dtype, stateful=True)
+            rows.set_shape([None, self.output_dim])
+            self._regularize(rows)
+            return tf.gather(rows, idx)
+        # Training: through the step buffer, so the optimizer sees the table's gradient.
+        slots, new_slots, new_rows = tf.numpy_function(
+            self._slots_np, [flat], ["int64", "int64", dtype], stateful=True
+        )
+        slots.set_shape(flat.shape)
+        new_rows.set_shape([None, self.output_dim])
+        buffer = self._step_rows.value
+        filled = buffer.scatter_update(tf.IndexedSlices(new_rows, new_slots))
+        with tf.control_dependencies([filled]):
+            if self.embeddings_regularizer is not None:
+                self._regularize(tf.gather(buffer, tf.unique(slots).y))
+            return tf.gather(buffer, slots)
+
+    def _regularize(self, rows) -> None:
+        """The regularizer's loss over the distinct rows the batch reads (Keras takes it
+        over the whole table: rows a batch does not read get no regularization here)."""
+        if self.embeddings_regularizer is not None:
+            self.add_loss(self.embeddings_regularizer(tf.cast(rows, self.compute_dtype)))
+
+    def _fed_rows_at(self, flat):
+        """Inside a compiled step: the rows the feeder put in the step buffer."""
+        fed = self._fed
+        cap = self._slots.capacity
+        pos = lower_bound(fed.sorted_ids, flat)
+        # Beyond `used` is padding (NOT_AN_ID), which a dynamic table's key may equal.
+        found = tf.equal(tf.gather(fed.sorted_ids, pos), flat) & (pos < fed.used)
+        fed.missed.assign_add(tf.reduce_sum(tf.cast(~found, "int64")))
+        slots = tf.gather(fed.sorted_slots, pos)
+        buffer = self._step_rows.value
+        if self.embeddings_regularizer is not None:
+            # XLA has no tf.unique: the buffer with the rows this batch does not read
+            # zeroed (the same loss for L1/L2, whose value at zero is zero).
+            used = tf.scatter_nd(slots[:, None], tf.ones_like(slots), [cap]) > 0
+            self._regularize(buffer * tf.cast(used, buffer.dtype)[:, None])
+        return tf.gather(buffer, slots)
+
+    def _feed_np(self, flat: np.ndarray):
+        pos, new_slots, rows = self._slots_np(flat)
+        del pos  # the compiled step finds each id's slot itself
+        size = self._fed.size
+        ids, slots = self._slots.sorted_view()
+        sorted_ids = np.full(size, NOT_AN_ID, np.int64)
+        sorted_ids[: ids.size] = ids
+        sorted_slots = np.zeros(size, np.int64)
+        sorted_slots[: slots.size] = slots
+        return new_slots, rows, sorted_ids, sorted_slots, np.int64(self._slots.used)
+
+    def _fed_step_end_np(self, applied, missed, grads) -> np.int64:
+        """After a compiled step: push what the optimizer applied (the rows of every slot
+        in use), or nothing when it applied nothing."""
+        fed = self._fed
+        if missed > fed.seen_missed:
+            fed.seen_missed = int(missed)
+            self._slots.reset()
+            raise InvalidIdsError(
+                f"Layer {self.name!r} was given ids in the compiled step that were not "
+                "fed before it; under jit_compile=True its inputs must come from the "
+                "model's inputs (see shardemb.keras.xla)."
+            )
+        if applied > fed.seen_applied:
+            fed.seen_applied = int(applied)
+            return self._push_dense_np(grads)
+        if not fed.accumulates:
+            self._slots.reset()  # inference, or a step the loss-scale optimizer skipped
+        return np.int64(0)
+
+    def _lookup_np(self, ids: np.ndarray) -> np.ndarray:
+        # Ids are already distinct: no second deduplication in the router.
+        return self.store.lookup(ids, dedup=False)
+
+    def _slots_np(self, flat: np.ndarray):
+        if not self.dynamic:  # dynamic tables take any int64 key, or strings
+            flat = check_ids(flat, self.input_dim)
+        slots = self._slots
+        saved = slots.snapshot()
+        pos, new_slots, new_ids = slots.assign(flat)
+        try:
+            rows = self.store.lookup(new_ids, dedup=False)
+        except BaseException:
+            slots.restore(saved)  # the buffer is unchanged too: nothing was written
+            raise
+        return pos, new_slots, rows
+
+    # -- the optimizer's step (called by shardemb.keras.hooks) ------------------------------
+    def _apply_step_gradient(self, grad, optimizer) -> None:
+        """Push the gradient ``optimizer`` applies to the step buffer (graph or eager)."""
+        self._follow_optimizer(optimizer)
+        if self._in_fed_step:  # compiled: keep it for the feeder, which pushes after
+            fed = self._fed
+            if isinstance(grad, tf.IndexedSlices):
+                # Every slot in use is read by this step, so each one is overwritten.
+                zeros = tf.IndexedSlices(tf.zeros_like(grad.values), grad.indices)
+                fed.grads.scatter_update(zeros)
+                fed.grads.scatter_add(grad)
+            else:
+                fed.grads.assign(grad)
+            fed.applied.assign_add(1)
+            return
+        if isinstance(grad, tf.IndexedSlices):
+            tf.numpy_function(
+                self._push_sparse_np, [grad.indices, grad.values], "int64", stateful=True
+            )
+        else:
+            tf.numpy_function(self._push_dense_np, [grad], "int64", stateful=True)
+
+    def _push_sparse_np(self, slots: np.ndarray, values: np.ndarray) -> np.int64:
+        ids = self._slots.ids(slots.astype(np.int64, copy=False))
+        self._slots.reset()
+        self.store.apply_gradients(ids, values)
+        return np.int64(ids.size)
+
+    def _push_dense_np(self, grad: np.ndarray) -> np.int64:
+        # A dense gradient (unscaled, accumulated or clipped) covers every slot given out
+        # in the window; slots not used by this step carry zeros.
+        ids = self._slots.held.copy()
+        self._slots.reset()
+        self.store.apply_gradients(ids, grad[: ids.size])
+        return np.int64(ids.size)
+
+    def _follow_optimizer(self, optimizer) -> None:
+        """Once, at the first applied step: without ``optimizer=``, take the model's
+        optimizer's kind and hyperparameters for the table."""
+        if getattr(self, "_followed", False):
+            return
+        self._followed = True
+        if getattr(optimizer, "use_ema", False):
+            warnings.warn(
+                f"Layer {self.name!r}: the optimizer's EMA is not kept for the sharded table.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if self._optimizer_given:
+            return
+        try:
+            with tf.init_scope():  # read the hyperparameters' values, also while tracing
+                derived = get_optimizer(optimizer)
+        except InvalidConfigError as err:
+            raise InvalidConfigError(
+                f"Layer {self.name!r} has no `optimizer=` and the model's optimizer cannot "
+                f"be used for the table: {err} Pass ShardedEmbedding(..., optimizer=...)."
+            ) from None
+        if _same_optimizer(derived, self.store.config.optimizer):
+            return
+        if self.dynamic and self._owns_store and not dynamic.has_pushed(self.store):
+            dynamic.set_optimizer(self, derived)
+        elif (
+            not self.dynamic
+            and self._owns_store
+            and not any(self.store.shard_call(reconfigure.pushes_of))
+        ):
+            reconfigure.set_optimizer(self.store, derived)
+            self._optimizer = derived
+        else:
+            warnings.warn(
+                f"Layer {self.name!r}: the table keeps its own optimizer "
+                f"{self.store.config.optimizer!r}, not the model's {derived!r} (it was "
+                "given with the store or has trained already); pass `optimizer=` to say so.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
+def _same_optimizer(a, b) -> bool:
+    """Same kind and hyperparameters, compared at float32 (Keras keeps them as float32)."""
+    ca, cb = a.get_config(), b.get_config()
+    if ca.keys() != cb.keys():
+        return False
+    return all(
+        np.float32(ca[k]) == np.float32(cb[k]) if isinstance(ca[k], float) else ca[k] == cb[k]
+        for k in ca
+    )

@@ -1,0 +1,203 @@
+"""``model.fit``/``evaluate``/``predict`` with ``jit_compile=True``: the store's calls stay
+outside the XLA-compiled step.
+
+XLA cannot compile ``tf.numpy_function``, so under ``jit_compile=True`` a
+:class:`ShardedEmbedding` never calls the store from inside the step. Keras's TensorFlow
+trainer runs the compiled step from an outer, uncompiled function; shardemb wraps the
+compiled step there (``TensorFlowTrainer._autoconvert_optionals``) with a *feeder*:
+
+1. before the step, the feeder computes each sharded layer's ids from the batch (a
+   sub-model from the model's inputs to the layers' inputs, uncompiled), gives them slots
+   in the layer's step buffer, copies their rows in from the store, and writes the sorted
+   ids and their slots into two small variables;
+2. the compiled step finds each id's slot by ``tf.searchsorted`` and gathers from the step
+   buffer; where the optimizer applies the buffer's gradient, the gradient is written into
+   a capture variable and a counter moves;
+3. after the step, the feeder pushes the captured gradient to the store (only if the
+   optimizer applied it: a skipped or accumulating step pushes nothing).
+
+This needs the ids to be computable from the model's inputs: a Functional or Sequential
+model with the layers at its top level, and int64 ids or keys (a dynamic table with
+``key_dtype="string"`` hashes its strings in Python). For other models the step runs
+uncompiled, with a warning, as Keras does for a layer that does not support XLA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.src.backend.tensorflow import trainer as tf_trainer
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+from shardemb.errors import InvalidConfigError
+from shardemb.keras.training import NOT_AN_ID, StepBuffer
+
+__all__ = ["Feeder", "install"]
+
+_MARK = "_shardemb_wrapped"
+
+
+class _Fed:
+    """The variables through which one layer's compiled calls read their rows."""
+
+    def __init__(self, layer, accumulates: bool):
+        self.accumulates = accumulates
+        cap, dim = layer._slots.capacity, layer.output_dim
+        dtype = layer.store.config.dtype
+        # A power of two for lower_bound; the padding sorts after every id.
+        self.size = 1 << max(cap - 1, 1).bit_length()
+        self.sorted_ids = tf.Variable(np.full(self.size, NOT_AN_ID, np.int64), trainable=False)
+        self.sorted_slots = tf.Variable(np.zeros(self.size, np.int64), trainable=False)
+        self.used = tf.Variable(np.int64(0), trainable=False)
+        self.grads = tf.Variable(np.zeros((cap, dim), dtype), trainable=False)
+        self.applied = tf.Variable(np.int64(0), trainable=False)
+        self.missed = tf.Variable(np.int64(0), trainable=False)
+        self.seen_applied = 0
+        self.seen_missed = 0
+
+
+class Feeder:
+    """Feeds the sharded layers of ``model`` around its compiled step."""
+
+    def __init__(self, model, layers):
+        self.model = model
+        self.layers = layers
+        strings = [layer.name for layer in layers if layer.key_dtype == "string"]
+        if strings:  # slots are found by int64 key, and the strings' hash has no TF op
+            raise InvalidConfigError(
+                f"Model {model.name!r} uses ShardedEmbedding with jit_compile=True, but "
+                f"layer(s) {strings} take string keys (key_dtype='string'), which are hashed "
+                "outside the compiled step."
+            )
+        nodes = _nodes_of(model, layers)
+        tensors = [node.arguments.args[0] for _, node in nodes]
+        self.owners = [layer for layer, _ in nodes]
+        try:
+            self.extractor = keras.Model(model.inputs, tensors)
+        except Exception as err:  # noqa: BLE001 - Keras raises several types here
+            raise _unsupported(
+                model, f"its sharded layers' inputs are not reachable ({err})"
+            ) from err
+        optimizer = getattr(model, "optimizer", None)
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        accumulates = bool(getattr(inner, "gradient_accumulation_steps", None))
+        for layer in layers:
+            fed = getattr(layer, "_fed", None)
+            if fed is None:
+                layer._fed = _Fed(layer, accumulates)
+            else:
+                fed.accumulates = accumulates
+
+    @contextlib.contextmanager
+    def compiled(self):
+        """While tracing the compiled step: the layers read through their fed variables."""
+        for layer in self.layers:
+            layer._in_fed_step = True
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer._in_fed_step = False
+
+    def before(self, data) -> None:
+        x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data)
+        ids = self.extractor(x)
+        ids = ids if isinstance(ids, list | tuple) else [ids]
+        for layer in self.layers:
+            flat = [
+                _flat_ids(t) for t, owner in zip(ids, self.owners, strict=True) if owner is layer
+            ]
+            flat = tf.concat(flat, 0) if len(flat) > 1 else flat[0]
+            dtype = layer.store.config.dtype
+            new_slots, new_rows, sorted_ids, sorted_slots, used = tf.numpy_function(
+                layer._feed_np, [flat], ["int64", dtype, "int64", "int64", "int64"], stateful=True
+            )
+            new_rows.set_shape([None, layer.output_dim])
+            fed = layer._fed
+            layer._step_rows.value.scatter_update(tf.IndexedSlices(new_rows, new_slots))
+            fed.sorted_ids.assign(tf.reshape(sorted_ids, [fed.size]))
+            fed.sorted_slots.assign(tf.reshape(sorted_slots, [fed.size]))
+            fed.used.assign(tf.reshape(used, []))
+
+    def after(self) -> None:
+        for layer in self.layers:
+            fed = layer._fed
+            grads = fed.grads.sparse_read(tf.range(fed.used))
+            counts = [fed.applied.read_value(), fed.missed.read_value()]
+            tf.numpy_function(layer._fed_step_end_np, [*counts, grads], "int64", stateful=True)
+
+
+def _flat_ids(tensor):
+    if isinstance(tensor, tf.SparseTensor):
+        tensor = tensor.values
+    elif isinstance(tensor, tf.RaggedTensor):
+        tensor = tensor.flat_values
+    return tf.reshape(tf.cast(tensor, "int64"), [-1])
+
+
+def _unsupported(model, why: str) -> InvalidConfigError:
+    return InvalidConfigError(
+        f"Model {model.name!r} uses ShardedEmbedding with jit_compile=True, but {why}. "
+        "Under XLA the layers' ids must be computable from the model's inputs before the "
+        "compiled step: use a Functional or Sequential model with the ShardedEmbedding "
+        "layers at its top level."
+    )
+
+
+def _nodes_of(model, layers):
+    fn = getattr(model, "_functional", None) or model
+    by_depth = getattr(fn, "_nodes_by_depth", None)
+    if by_depth is None:
+        raise _unsupported(model, f"it is a subclassed {type(model).__name__}")
+    nodes = [(n.operation, n) for ns in by_depth.values() for n in ns if n.operation in layers]
+    missing = [layer.name for layer in layers if all(op is not layer for op, _ in nodes)]
+    if missing:
+        raise _unsupported(model, f"layer(s) {missing} sit inside a nested model")
+    return nodes
+
+
+def sharded_layers(model) -> list:
+    """The built layers of ``model`` that train through a step buffer."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, StepBuffer) and layer.built
+    ]
+
+
+def install() -> None:
+    """Wrap Keras's compiled steps with a feeder where a model needs one (idempotent)."""
+    cls = tf_trainer.TensorFlowTrainer
+    if getattr(cls._autoconvert_optionals, _MARK, False):
+        return
+    autoconvert = cls._autoconvert_optionals
+
+    def _autoconvert_optionals(self, step_func):
+        step = autoconvert(self, step_func)
+        if not getattr(self, "jit_compile", False) or getattr(self, "run_eagerly", False):
+            return step
+        layers = sharded_layers(self)
+        if not layers:
+            return step
+        try:
+            feeder = Feeder(self, layers)
+        except InvalidConfigError as err:
+            warnings.warn(f"{err} Proceeding with jit_compile=False.", stacklevel=2)
+            plain = getattr(step_func, "python_function", step_func)
+            return autoconvert(self, tf.function(plain, reduce_retracing=True))
+
+        def fed_step(data):
+            feeder.before(data)
+            with feeder.compiled():
+                outputs = step(data)
+            feeder.after()
+            return outputs
+
+        return fed_step
+
+    setattr(_autoconvert_optionals, _MARK, True)
+    cls._autoconvert_optionals = _autoconvert_optionals
