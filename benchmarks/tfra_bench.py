@@ -56,7 +56,7 @@ BATCH = 4096
 SHARDS = 2
 LEARNING_RATE = 0.05
 LOOKUP_KEYS = 65536
-SIZES = {"full": {"steps": 10, "rounds": 5, "reps": 30},
+SIZES = {"full": {"steps": 10, "rounds": 7, "reps": 30},
          "quick": {"steps": 5, "rounds": 2, "reps": 10}}  # fmt: skip
 #: Marks the child's answers on its stdout (anything else TensorFlow prints goes to stderr).
 MARK = "@@tfra "
