@@ -35,6 +35,7 @@ from shardemb.checkpoint import dynamic as dynamic_checkpoint
 from shardemb.core.keys import DynamicConfig, check_keys, split_keys
 from shardemb.core.router import DEDUP_KEEP_RATIO, check_dedup, check_grads, check_matrix
 from shardemb.errors import InvalidConfigError, InvalidIdsError, TableFullError, TableNotFoundError
+from shardemb.store.handle import ShardsHandle
 from shardemb.store.pending import PendingPushes
 from shardemb.transport.backends import ShardResources, check_timeout
 from shardemb.transport.dynamic_actor import get_dynamic_backend
@@ -49,7 +50,7 @@ TOTALS = ("rows", "inserts", "evictions", "admissions_pending", "admissions_reje
           "pending_evictions", "unknown_lookups")  # fmt: skip
 
 
-class DynamicEmbeddingStore:
+class DynamicEmbeddingStore(ShardsHandle):
     """A table of ``dim``-wide rows found by key, sharded over Ray actors (or in-process).
 
     Build one with :meth:`create` (or ``EmbeddingStore.create(..., vocab_size=None)``),
@@ -327,11 +328,6 @@ class DynamicEmbeddingStore:
                        for s in asked]  # fmt: skip
             self._get([self._backend.submit(h, "write_rows", k, v) for h, k, v in rows_of])
 
-    def flush(self) -> None:
-        """Wait until every push made so far is applied; raise the first shard error."""
-        with self._lock:
-            self._get(self._pending.take_all())
-
     @property
     def _strict(self) -> bool:
         return self.config.capacity is not None and self.config.eviction.kind is None
@@ -379,40 +375,7 @@ class DynamicEmbeddingStore:
             path, name=name, num_shards=num_shards, capacity=capacity, **runtime
         )
 
-    def shard_call(self, fn, *args, only: int | None = None) -> Any:
-        """Run ``fn(shard, *args)`` on every shard (or shard ``only``), results in order."""
-        if only is not None and not 0 <= only < self.config.num_shards:
-            raise InvalidConfigError(
-                f"`only` must be a shard of table {self.config.name!r} (0 to "
-                f"{self.config.num_shards - 1}). Received: only={only!r}"
-            )
-        with self._lock:
-            self._raise_pending()
-            handles = self._handles if only is None else [self._handles[only]]
-            results = self._get([self._backend.submit(h, "call", fn, *args) for h in handles])
-        return results if only is None else results[0]
-
-    # -- lifetime ---------------------------------------------------------------------
-    def close(self) -> None:
-        """Apply pending pushes, then remove the shards if this handle owns them."""
-        if self._closed:
-            return
-        with self._lock:
-            try:
-                self.flush()
-            finally:
-                self._closed = True
-                if self._owner:
-                    self._backend.kill(self.config.name, self._handles)
-                if self._finalizer is not None:
-                    self._finalizer.detach()
-
-    def __enter__(self) -> DynamicEmbeddingStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
+    # -- internals --------------------------------------------------------------------
     def _get(self, futures: list) -> list:
         """Values of ``futures``; shard errors re-raised. A dead shard raises
         :class:`~shardemb.ShardUnavailableError` (dynamic tables are not restarted)."""

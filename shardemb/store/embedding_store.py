@@ -33,6 +33,7 @@ from shardemb.errors import (
     TableNotFoundError,
 )
 from shardemb.store.dynamic_store import dynamic_vocabulary
+from shardemb.store.handle import ShardsHandle
 from shardemb.store.pending import PendingPushes
 from shardemb.store.recovery import recover, report_reloaded
 from shardemb.transport.backends import ShardResources, check_timeout, get_backend
@@ -44,7 +45,7 @@ __all__ = ["EmbeddingStore"]
 LOOKUP_CHUNK_IDS = 1 << 20
 
 
-class EmbeddingStore:
+class EmbeddingStore(ShardsHandle):
     """A ``vocab_size x dim`` embedding table sharded by row over Ray actors.
 
     Build one with :meth:`create`, attach to an existing one with :meth:`connect`, or
@@ -315,11 +316,6 @@ class EmbeddingStore:
             self._raise_pending()
             exchange.write_table(self, arr)
 
-    def flush(self) -> None:
-        """Wait until every push made so far is applied; raise the first shard error."""
-        with self._lock:
-            self._get(self._pending.take_all())
-
     # -- checkpoints (shardemb.checkpoint) ------------------------------------------------
     def save(self, path: str, *, step: int | None = None, **options) -> dict:
         """Write rows, optimizer slots, step, config and partition to a Zarr v3 checkpoint
@@ -367,45 +363,6 @@ class EmbeddingStore:
         """``"ray"`` or ``"inprocess"``."""
         return self._backend.name
 
-    def shard_call(self, fn, *args, only: int | None = None) -> Any:
-        """Run ``fn(shard, *args)`` on every shard (a module-level function) and return
-        the results in shard order; with ``only``, on that shard alone, returning its
-        result. Pushes already finished with an error raise first."""
-        if only is not None and not 0 <= only < self.config.num_shards:
-            raise InvalidConfigError(
-                f"`only` must be a shard of table {self.config.name!r} (0 to "
-                f"{self.config.num_shards - 1}). Received: only={only!r}"
-            )
-        with self._lock:
-            self._raise_pending()
-            handles = self._handles if only is None else [self._handles[only]]
-            results = self._get([self._backend.submit(h, "call", fn, *args) for h in handles])
-        return results if only is None else results[0]
-
-    def close(self) -> None:
-        """Apply pending pushes, then remove the table's shards if this handle owns them:
-        it created the table, or the table is detached (it belongs to nobody, so closing
-        any handle to it removes it). A handle from :meth:`connect` to a table another
-        process owns only lets go. Closing twice is harmless."""
-        if self._closed:
-            return
-        with self._lock:
-            try:
-                self.flush()
-            finally:
-                self._closed = True
-                if self._owner:
-                    self._backend.kill(self.config.name, self._handles)
-                self._reset_channel(remove_tables=self._owner)
-                if self._finalizer is not None:
-                    self._finalizer.detach()
-
-    def __enter__(self) -> EmbeddingStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     # -- internals --------------------------------------------------------------------
     def _get(self, futures: list) -> list:
         if self._closed:
@@ -417,6 +374,9 @@ class EmbeddingStore:
         except ShardUnavailableError as err:
             self._recover(err)  # always raises
             raise
+
+    def _let_go(self) -> None:
+        self._reset_channel(remove_tables=self._owner)  # an owner's shards are gone
 
     def _recover(self, err: ShardUnavailableError) -> None:
         """Bring back dead shards (:mod:`.recovery`: one replacement each, loaded once)."""
