@@ -70,6 +70,7 @@ from shardemb.checkpoint.format import (
     maybe_kill,
 )
 from shardemb.checkpoint.location import Location, io_error
+from shardemb.checkpoint.reader import fill_restored
 from shardemb.checkpoint.writer import commit, staged
 from shardemb.core.keys import DynamicConfig, shard_of_keys
 from shardemb.errors import (
@@ -325,17 +326,7 @@ def restore_dynamic(
         raise RuntimeError("import shardemb first: no dynamic table factory is registered")
     store = _factory(cfg, **runtime)
     source = {k: m[k] for k in ("num_shards", "shard_rows", "shard_pending", "step", "counters")}
-    try:
-        store.shard_call(read_dynamic_shard, loc, source, str(path))
-    except BaseException:
-        try:
-            store.close()
-        except ShardembError:
-            pass  # the read error says more
-        raise
-    store.last_checkpoint = path
-    store.restored_from = m["name"] if cfg.name != m["name"] else None
-    return store
+    return fill_restored(store, m, path, read_dynamic_shard, loc, source, str(path))
 
 
 def read_dynamic_shard(shard, loc: Location, src: dict, path: str) -> int:

@@ -165,8 +165,14 @@ def restore_store(
     if _table_factory is None:
         raise RuntimeError("import shardemb first: no table factory is registered")
     store = _table_factory(cfg, **runtime)
+    return fill_restored(store, m, path, read_shard, loc, *read_args(m, path))
+
+
+def fill_restored(store, m: dict, path: str, read, *args):
+    """Run ``read(shard, *args)`` on every shard of the new ``store`` restored from
+    checkpoint ``m`` at ``path``; on failure remove the store and re-raise. Returns it."""
     try:
-        store.shard_call(read_shard, loc, *read_args(m, path))
+        store.shard_call(read, *args)
     except BaseException:
         try:
             store.close()
@@ -175,7 +181,7 @@ def restore_store(
         raise
     store.last_checkpoint = path
     # Under a new name, the table still reloads this checkpoint's shards (recovery).
-    store.restored_from = m["name"] if cfg.name != m["name"] else None
+    store.restored_from = m["name"] if store.config.name != m["name"] else None
     return store
 
 
