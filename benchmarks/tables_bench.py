@@ -3,8 +3,10 @@
 Section ``tables``. The model: ``n`` single-hot sparse features, each with its own table of
 ``rows x dim`` float32, plus 13 dense features; the embeddings and the dense features are
 concatenated into an MLP of 256-128-1 (ReLU), binary cross-entropy, batch 4,096 of Zipf
-ids, ``model.fit``, 2 shards per table. Three measurements, each with its models trained
-on the same batches in rotating order, round after round, in one process:
+ids, ``model.fit``, 2 shards per table, a model's tables in one group (their shards share
+2 processes, as the layers' default ``group="auto"`` does). Three measurements, each with
+its models trained on the same batches in rotating order, round after round, in one
+process:
 
 - ``26 tables``: 26 tables of 100,000 x 16, Adagrad. ShardedEmbedding with
   ``jit_compile=False`` and ``True``, each with its step buffer (``max_ids_per_step``)
@@ -172,16 +174,20 @@ def _interleave(variants: dict, data: dict, y: np.ndarray, s: dict, bar) -> dict
 
 def _create(ctx: Context, what: str, tables: int, rows: int, dim: int, optimizer: str,
             shards: int = SHARDS) -> tuple[list, float]:  # fmt: skip
-    """``tables`` stores, created one after the other (as a model's layers build them)."""
+    """``tables`` stores, created one after the other (as a model's layers build them), in
+    one group: their shards share ``shards`` processes, as a model's layers' do by default
+    (``group="auto"``)."""
     import shardemb
 
+    group = ctx.name(f"{what}-hosts") if ctx.backend == "ray" else None
     stores: list = []
     t0 = time.perf_counter()
     try:
         for i in range(tables):
             stores.append(shardemb.EmbeddingStore.create(
                 ctx.name(f"{what}-{i}"), rows, dim, num_shards=min(shards, rows),
-                optimizer=_table_optimizer(optimizer), seed=i, backend=ctx.backend))  # fmt: skip
+                optimizer=_table_optimizer(optimizer), seed=i, backend=ctx.backend,
+                group=group))  # fmt: skip
     except BaseException:
         _close(stores)
         raise
@@ -197,7 +203,8 @@ def _processes(ctx: Context, stores: list) -> list:
     """The shard processes of ``stores`` (none in-process)."""
     if ctx.backend != "ray":
         return []
-    return [psutil.Process(p["pid"]) for st in stores for p in st.placement()]
+    pids = {p["pid"] for st in stores for p in st.placement()}  # shared by grouped tables
+    return [psutil.Process(pid) for pid in sorted(pids)]
 
 
 def _shard_stats(ctx: Context, stores: list, create_s: float, idle_s: float) -> dict:

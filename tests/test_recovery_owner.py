@@ -104,9 +104,12 @@ def clients(ray_session):
         c.close()
 
 
-@pytest.fixture
-def table(clients, table_name):
-    """A detached 3-shard SGD table (rows start at 0, each push adds 1) both clients use."""
+@pytest.fixture(params=[None, "hosted"], ids=["own-actors", "hosted"])
+def table(clients, table_name, request):
+    """A detached 3-shard SGD table (rows start at 0, each push adds 1) both clients use;
+    its shards in actors of their own, or in a group's shared hosts (beside another
+    table), where the host's actor name is the lock."""
+    group = f"g-{table_name}" if request.param else None
     store = EmbeddingStore.create(
         table_name,
         30,
@@ -115,13 +118,18 @@ def table(clients, table_name):
         initializer="zeros",
         optimizer={"name": "sgd", "learning_rate": 1.0},
         detached=True,
+        group=group,
     )
+    # A neighbour in the same hosts: it dies with them and is never reloaded here.
+    other = EmbeddingStore.create(f"{table_name}-n", 30, 2, num_shards=3, detached=True,
+                                  group=group)  # fmt: skip
     for c in clients:
         c("connect", name=table_name)
     yield store
     for c in clients:
         c("leave")
     store.close()
+    other.close()
 
 
 def _kill(pid: int) -> None:

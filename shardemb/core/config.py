@@ -39,6 +39,15 @@ def is_safe_name(name: object) -> bool:
     return isinstance(name, str) and bool(_NAME.fullmatch(name)) and name not in (".", "..")
 
 
+def check_group(group: object) -> None:
+    """``group`` must be ``None`` or a name like a table's."""
+    if group is not None and group != "auto" and not is_safe_name(group):
+        raise InvalidConfigError(
+            "`group` must be None, 'auto' or 1-128 letters, digits, '_', '.' or '-'. "
+            f"Received: group={group!r}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class TableConfig:
     """Everything needed to build (or rebuild) a table's shards."""

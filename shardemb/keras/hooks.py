@@ -26,6 +26,8 @@ from keras.src.layers import layer as layer_module
 from keras.src.optimizers import base_optimizer
 from keras.src.utils import summary_utils
 
+from shardemb.keras.training import apply_step_gradients
+
 __all__ = ["install", "owner_of"]
 
 _MARK = "_shardemb_wrapped"
@@ -89,9 +91,9 @@ def install() -> None:
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         ours, (grads, variables) = _split(grads, trainable_variables)
-        for layer, grad in ours:
-            if grad is not None:
-                layer._apply_step_gradient(grad, self)
+        ours = [(layer, grad) for layer, grad in ours if grad is not None]
+        if ours:
+            apply_step_gradients(ours, self)
         if variables:
             update_step(self, grads, variables, learning_rate)
 

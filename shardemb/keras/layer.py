@@ -90,6 +90,11 @@ class ShardedEmbedding(StepBuffer, keras.layers.Layer):
         seed: initializer seed of a new table.
         backend, address, resources: where a new table's shards run (see
             :meth:`EmbeddingStore.create`).
+        group: the shard processes a new table shares (``group=`` of
+            :meth:`EmbeddingStore.create`). ``"auto"`` (default): all the layers this
+            process builds share ``num_shards`` processes, so a model with 26 sharded
+            layers starts 2 processes, not 52, and pushes one step of all of them in one
+            call per process. ``None``: actors of its own per table.
         key_dtype, capacity, admission, eviction: of a dynamic table (``input_dim=None``):
             ``"int64"`` (default) or ``"string"`` keys, and the table's bound and policies
             (see :meth:`shardemb.DynamicEmbeddingStore.create`).
@@ -121,6 +126,7 @@ class ShardedEmbedding(StepBuffer, keras.layers.Layer):
         backend="ray",
         address=None,
         resources=None,
+        group="auto",
         max_ids_per_step=None,
         embeddings_regularizer=None,
         embeddings_constraint=None,
@@ -196,6 +202,7 @@ class ShardedEmbedding(StepBuffer, keras.layers.Layer):
         self.backend = backend
         self.address = address
         self.resources = resources
+        self.group = group
         self.key_dtype = key_dtype or "int64"
         self.capacity, self.admission, self.eviction = capacity, admission, eviction
         self.store = store
@@ -244,6 +251,7 @@ class ShardedEmbedding(StepBuffer, keras.layers.Layer):
                 backend=self.backend,
                 address=self.address,
                 resources=self.resources,
+                group=self.group,
             )
         capacity = min(self.max_ids_per_step or MAX_IDS_PER_STEP, self.input_dim or 1 << 62)
         slots = StringSlots if self.key_dtype == "string" else StepSlots
@@ -321,6 +329,7 @@ class ShardedEmbedding(StepBuffer, keras.layers.Layer):
             "seed": self.seed,
             "backend": self.backend,
             "address": self.address,
+            "group": self.group,
             "max_ids_per_step": self.max_ids_per_step,
             "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer),
             "activity_regularizer": keras.regularizers.serialize(self.activity_regularizer),

@@ -24,7 +24,7 @@ from shardemb.errors import InvalidConfigError, InvalidIdsError
 from shardemb.keras import dynamic
 from shardemb.store import reconfigure
 
-__all__ = ["NOT_AN_ID", "StepBuffer", "lower_bound"]
+__all__ = ["NOT_AN_ID", "StepBuffer", "apply_step_gradients", "lower_bound", "push_many"]
 
 NOT_AN_ID = np.iinfo(np.int64).max  # pads sorted ids: sorts after every real id
 
@@ -104,9 +104,9 @@ class StepBuffer:
         sorted_slots[: slots.size] = slots
         return new_slots, rows, sorted_ids, sorted_slots, np.int64(self._slots.used)
 
-    def _fed_step_end_np(self, applied, missed, grads) -> np.int64:
-        """After a compiled step: push what the optimizer applied (the rows of every slot
-        in use), or nothing when it applied nothing."""
+    def _fed_take(self, applied, missed, grads):
+        """After a compiled step: ``(ids, grads)`` of what the optimizer applied (the rows
+        of every slot in use), or None when it applied nothing."""
         fed = self._fed
         if missed > fed.seen_missed:
             fed.seen_missed = int(missed)
@@ -118,10 +118,10 @@ class StepBuffer:
             )
         if applied > fed.seen_applied:
             fed.seen_applied = int(applied)
-            return self._push_dense_np(grads)
+            return self._take_dense(grads)
         if not fed.accumulates:
             self._slots.reset()  # inference, or a step the loss-scale optimizer skipped
-        return np.int64(0)
+        return None
 
     def _lookup_np(self, ids: np.ndarray) -> np.ndarray:
         # Ids are already distinct: no second deduplication in the router.
@@ -141,40 +141,30 @@ class StepBuffer:
         return pos, new_slots, rows
 
     # -- the optimizer's step (called by shardemb.keras.hooks) ------------------------------
-    def _apply_step_gradient(self, grad, optimizer) -> None:
-        """Push the gradient ``optimizer`` applies to the step buffer (graph or eager)."""
-        self._follow_optimizer(optimizer)
-        if self._in_fed_step:  # compiled: keep it for the feeder, which pushes after
-            fed = self._fed
-            if isinstance(grad, tf.IndexedSlices):
-                # Every slot in use is read by this step, so each one is overwritten.
-                zeros = tf.IndexedSlices(tf.zeros_like(grad.values), grad.indices)
-                fed.grads.scatter_update(zeros)
-                fed.grads.scatter_add(grad)
-            else:
-                fed.grads.assign(grad)
-            fed.applied.assign_add(1)
-            return
+    def _keep_fed_gradient(self, grad) -> None:
+        """In a compiled step: keep the gradient for the feeder, which pushes after."""
+        fed = self._fed
         if isinstance(grad, tf.IndexedSlices):
-            tf.numpy_function(
-                self._push_sparse_np, [grad.indices, grad.values], "int64", stateful=True
-            )
+            # Every slot in use is read by this step, so each one is overwritten.
+            zeros = tf.IndexedSlices(tf.zeros_like(grad.values), grad.indices)
+            fed.grads.scatter_update(zeros)
+            fed.grads.scatter_add(grad)
         else:
-            tf.numpy_function(self._push_dense_np, [grad], "int64", stateful=True)
+            fed.grads.assign(grad)
+        fed.applied.assign_add(1)
 
-    def _push_sparse_np(self, slots: np.ndarray, values: np.ndarray) -> np.int64:
+    def _take_sparse(self, slots: np.ndarray, values: np.ndarray):
+        """The ids and gradient rows of a sparse step gradient; the buffer is freed."""
         ids = self._slots.ids(slots.astype(np.int64, copy=False))
         self._slots.reset()
-        self.store.apply_gradients(ids, values)
-        return np.int64(ids.size)
+        return ids, values
 
-    def _push_dense_np(self, grad: np.ndarray) -> np.int64:
+    def _take_dense(self, grad: np.ndarray):
         # A dense gradient (unscaled, accumulated or clipped) covers every slot given out
         # in the window; slots not used by this step carry zeros.
         ids = self._slots.held.copy()
         self._slots.reset()
-        self.store.apply_gradients(ids, grad[: ids.size])
-        return np.int64(ids.size)
+        return ids, grad[: ids.size]
 
     def _follow_optimizer(self, optimizer) -> None:
         """Once, at the first applied step: without ``optimizer=``, take the model's
@@ -228,3 +218,49 @@ def _same_optimizer(a, b) -> bool:
         np.float32(ca[k]) == np.float32(cb[k]) if isinstance(ca[k], float) else ca[k] == cb[k]
         for k in ca
     )
+
+
+def apply_step_gradients(pairs, optimizer) -> None:
+    """Push the gradients ``optimizer`` applies to the step buffers of ``pairs`` (``(layer,
+    gradient)``, graph or eager) in one exchange: one ``tf.numpy_function`` for all the
+    layers, and one call per shard process for the tables that share them."""
+    eager = []
+    for layer, grad in pairs:
+        layer._follow_optimizer(optimizer)
+        if layer._in_fed_step:
+            layer._keep_fed_gradient(grad)  # compiled: the feeder pushes after the step
+        else:
+            eager.append((layer, grad))
+    if not eager:
+        return
+    inputs, kinds = [], []
+    for layer, grad in eager:
+        sparse = isinstance(grad, tf.IndexedSlices)
+        inputs += [grad.indices, grad.values] if sparse else [grad]
+        kinds.append((layer, sparse))
+
+    def push(*arrays) -> np.int64:
+        it = iter(arrays)
+        taken = [
+            (layer, *(layer._take_sparse(next(it), next(it)) if sparse
+                      else layer._take_dense(next(it))))
+            for layer, sparse in kinds
+        ]  # fmt: skip
+        return push_many(taken)
+
+    tf.numpy_function(push, inputs, "int64", stateful=True)
+
+
+def push_many(taken) -> np.int64:
+    """Push ``(layer, ids, grads)`` for each item of ``taken``: the fixed tables of all the
+    layers in one :meth:`EmbeddingStore.apply_gradients_many`, dynamic ones each by
+    itself. Returns the number of ids pushed."""
+    from shardemb.store import EmbeddingStore
+
+    fixed = [(layer.store, ids, g) for layer, ids, g in taken if not layer.dynamic]
+    if fixed:
+        EmbeddingStore.apply_gradients_many(fixed)
+    for layer, ids, grads in taken:
+        if layer.dynamic:
+            layer.store.apply_gradients(ids, grads)
+    return np.int64(sum(ids.size for _, ids, _ in taken))

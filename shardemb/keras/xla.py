@@ -34,7 +34,7 @@ from keras.src.backend.tensorflow import trainer as tf_trainer
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from shardemb.errors import InvalidConfigError
-from shardemb.keras.training import NOT_AN_ID, StepBuffer
+from shardemb.keras.training import NOT_AN_ID, StepBuffer, push_many
 
 __all__ = ["Feeder", "install"]
 
@@ -124,11 +124,23 @@ class Feeder:
             fed.used.assign(tf.reshape(used, []))
 
     def after(self) -> None:
+        """After the compiled step: push every layer's applied gradient, in one exchange."""
+        inputs = []
         for layer in self.layers:
             fed = layer._fed
             grads = fed.grads.sparse_read(tf.range(fed.used))
-            counts = [fed.applied.read_value(), fed.missed.read_value()]
-            tf.numpy_function(layer._fed_step_end_np, [*counts, grads], "int64", stateful=True)
+            inputs += [fed.applied.read_value(), fed.missed.read_value(), grads]
+        layers = list(self.layers)
+
+        def push(*arrays) -> np.int64:
+            taken = []
+            for i, layer in enumerate(layers):
+                kept = layer._fed_take(*arrays[3 * i : 3 * i + 3])
+                if kept is not None:
+                    taken.append((layer, *kept))
+            return push_many(taken)
+
+        tf.numpy_function(push, inputs, "int64", stateful=True)
 
 
 def _flat_ids(tensor):

@@ -24,7 +24,7 @@ import numpy as np
 
 import shardemb.store.exchange as exchange
 from shardemb import checkpoint
-from shardemb.core.config import TableConfig
+from shardemb.core.config import TableConfig, check_group
 from shardemb.core.router import Deduplicator, check_dedup, check_grads, check_ids, check_matrix
 from shardemb.errors import (
     InvalidConfigError,
@@ -38,6 +38,7 @@ from shardemb.store.pending import PendingPushes
 from shardemb.store.recovery import recover, report_reloaded
 from shardemb.transport.backends import ShardResources, check_timeout, get_backend
 from shardemb.transport.channel import ShmChannel, probe_channel
+from shardemb.transport.hosts import process_group
 
 __all__ = ["EmbeddingStore"]
 
@@ -110,6 +111,7 @@ class EmbeddingStore(ShardsHandle):
         address: str | None = None,
         timeout: float = 300.0,
         constraint: object = None,
+        group: str | None = None,
     ) -> EmbeddingStore:
         """Create a table of ``vocab_size`` rows of width ``dim`` over ``num_shards`` shards.
 
@@ -138,6 +140,14 @@ class EmbeddingStore(ShardsHandle):
             constraint: applied by each shard to the rows a push updates
                 (:mod:`shardemb.core.constraints`; a Keras ``NonNeg`` or a row-norm
                 constraint with ``axis=1``).
+            group: put shard ``i`` into the shared process ``i`` of this group of tables
+                instead of an actor of its own (:mod:`shardemb.transport.hosts`): N
+                tables then run in ``num_shards`` processes, and a step's pushes to all
+                of them cost one call per process (:meth:`apply_gradients_many`). A
+                process that dies takes shard ``i`` of every table in it; each recovers
+                from its own checkpoint. ``"auto"``: the group of the tables this process
+                creates with ``"auto"`` (the Keras layers' default). ``None`` (default):
+                actors of its own. Ignored by the in-process backend.
         """
         config = TableConfig.build(
             name,
@@ -160,6 +170,7 @@ class EmbeddingStore(ShardsHandle):
             backend=backend,
             address=address,
             timeout=timeout,
+            group=group,
         )
 
     @classmethod
@@ -173,17 +184,23 @@ class EmbeddingStore(ShardsHandle):
         address=None,
         timeout=300.0,
         initialize=True,
+        group=None,
     ) -> EmbeddingStore:
         check_timeout(timeout)  # before any shard starts
         if detached and backend != "ray":
             raise InvalidConfigError("`detached=True` needs backend='ray'.")
+        check_group(group)
+        if group == "auto":
+            group = process_group() if backend == "ray" else None
         be = get_backend(backend, address)
         resources = resources or ShardResources()
         if backend == "ray":
             from shardemb.transport.placement import check_capacity
 
             check_capacity(config, resources)
-        handles = be.create(config, resources, detached=detached, initialize=initialize)
+        handles = be.create(
+            config, resources, detached=detached, initialize=initialize, group=group
+        )
         store = cls(
             config, be, handles, owner=True, timeout=timeout, resources=resources, detached=detached
         )
@@ -305,7 +322,24 @@ class EmbeddingStore(ShardsHandle):
             exchange.push(self, split, flat_grads)
             overflow = self._pending.take_overflow()
             if overflow:
-                self._get(overflow)
+                self._settle(overflow)
+
+    @staticmethod
+    def apply_gradients_many(pushes) -> None:
+        """Push ``(store, ids, grads)`` for each item of ``pushes`` in one exchange: the
+        calls to shards that share a process (tables of one ``group``) travel together,
+        one call per process instead of one per table. See :mod:`shardemb.store.fused`."""
+        from shardemb.store.fused import apply_gradients_many
+
+        pushes = list(pushes)
+        for item in pushes:
+            store = item[0] if isinstance(item, tuple | list) and item else None
+            if not isinstance(store, EmbeddingStore):
+                raise InvalidConfigError(
+                    "apply_gradients_many takes (EmbeddingStore, ids, grads) triples; push a "
+                    f"dynamic table with its own apply_gradients. Received: {item!r}"[:500]
+                )
+        apply_gradients_many(pushes)
 
     def set_weights(self, matrix: Any) -> None:
         """Overwrite every row with ``matrix`` (shape ``(vocab_size, dim)``); optimizer
@@ -389,7 +423,7 @@ class EmbeddingStore(ShardsHandle):
             raise TableNotFoundError(f"Table {self.config.name!r} was closed.")
         finished = self._pending.take_finished(self._backend)
         if finished:
-            self._get(finished)
+            self._settle(finished)
         report_reloaded(self)  # shards this handle failed to reload: loaded by now?
 
     def _channel(self) -> ShmChannel | None:

@@ -14,7 +14,7 @@ import numpy as np
 from shardemb.core.router import assemble, plan_lookup
 from shardemb.errors import ShardError
 
-__all__ = ["gather_table", "lookup", "push", "write_table"]
+__all__ = ["gather_table", "lookup", "plan_push", "push", "write_table"]
 
 #: Rows per block when the whole table moves (to_numpy, set_weights).
 BLOCK_ROWS = 1 << 20
@@ -107,7 +107,19 @@ def _read_shared(store, flat: np.ndarray, readers: list) -> np.ndarray:
 
 def push(store, split, flat_grads: np.ndarray) -> None:
     """Send one push (``split`` of the ids, their gradients) without waiting to the shards
-    that hold its rows, and only to them; the futures go to the store's pending queue.
+    that hold its rows, and only to them; the futures go to the store's pending queue."""
+    planned = plan_push(store, split, flat_grads)
+    futures = [store._backend.submit(store._handles[s], m, *args) for s, m, args, _ in planned]
+    for (s, _, _, buf), fut in zip(planned, futures, strict=True):
+        if buf is not None:
+            buf.futures.append(fut)
+        store._pending.append((s, fut))
+
+
+def plan_push(store, split, flat_grads: np.ndarray) -> list[tuple]:
+    """The calls of one push: ``(shard, method, args, buffers)`` for each shard that holds
+    its rows (``buffers``: the shared-memory push buffers the call reads, or None). The
+    caller sends them all, at once (:func:`push`, :mod:`shardemb.store.fused`).
 
     Each push gets the next number of the table's sequence (``store._seq``, continued from
     the shards' steps on a handle's first push), and every shard it reaches applies it as
@@ -125,21 +137,19 @@ def push(store, split, flat_grads: np.ndarray) -> None:
     if channel is not None:
         buf.ids(split.local.size)[:] = split.local
         np.take(flat_grads, split.order, axis=0, out=buf.rows(split.local.size), mode="clip")
-    # Numbered once nothing can fail before it is sent: a numbered push was sent.
+    # Numbered once nothing can fail before it is sent: a numbered push is sent.
     store._seq += 1
     step = store._seq
+    planned = []
     for s in asked:
-        handle = store._handles[s]
         if channel is not None and channel.local[s]:
             a, b = int(split.bounds[s]), int(split.bounds[s + 1])
-            fut = store._backend.submit(
-                handle, "push_at", step, "apply_gradients_shm", buf.ids_name, buf.rows_name, a, b
-            )
-            buf.futures.append(fut)
+            args = (step, "apply_gradients_shm", buf.ids_name, buf.rows_name, a, b)
+            planned.append((s, "push_at", args, buf))
         else:
             rows, grads = split.local_rows(s), flat_grads[split.positions(s)]
-            fut = store._backend.submit(handle, "apply_gradients", rows, grads, step)
-        store._pending.append((s, fut))
+            planned.append((s, "apply_gradients", (rows, grads, step), None))
+    return planned
 
 
 def gather_table(store, method: str, *args) -> np.ndarray:

@@ -37,7 +37,12 @@ class ShardsHandle:
     def flush(self) -> None:
         """Wait until every push made so far is applied; raise the first shard error."""
         with self._lock:
-            self._get(self._pending.take_all())
+            self._settle(self._pending.take_all())
+
+    def _settle(self, futures: list) -> None:
+        """Wait for the pushes ``futures`` (taken from the pending queue): raise the first
+        error, also one of this table's items in a fused call."""
+        self._pending.check(futures, self._get(futures))
 
     def close(self) -> None:
         """Apply pending pushes, then remove the table's shards if this handle owns them:

@@ -17,13 +17,30 @@ class PendingPushes:
     def __init__(self, num_shards: int):
         self.limit = MAX_PENDING_PER_SHARD * num_shards
         self._items: collections.deque = collections.deque()
+        #: For futures of calls that carried several tables' pushes (``call_many``): the
+        #: positions of this table's items in their answer, a list of errors or None.
+        self._picks: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def append(self, item: tuple[int, object]) -> None:
-        """Add the ``(shard, future)`` of a push just sent."""
+    def append(self, item: tuple[int, object], pick: int | None = None) -> None:
+        """Add the ``(shard, future)`` of a push just sent; ``pick``: the push is item
+        ``pick`` of a fused call, whose answer lists each item's error (or None)."""
         self._items.append(item)
+        if pick is not None:
+            self._picks.setdefault(id(item[1]), []).append(pick)
+
+    def check(self, futures: list, values: list) -> None:
+        """Raise the first error among this table's items in the answers ``values`` of
+        ``futures`` (taken from the queue); a plain push's answer is None."""
+        errors = []
+        for fut, value in zip(futures, values, strict=True):
+            for pick in self._picks.pop(id(fut), ()):
+                if value[pick] is not None:
+                    errors.append(value[pick])
+        if errors:
+            raise errors[0]
 
     def futures_of(self, shards) -> list:
         """The futures of the pushes in flight to ``shards`` (left in the queue)."""
@@ -56,4 +73,7 @@ class PendingPushes:
 
     def drop_shards(self, shards: list[int]) -> None:
         """Forget the pushes to ``shards`` (they died: those pushes are lost)."""
+        gone = [f for s, f in self._items if s in shards]
         self._items = collections.deque((s, f) for s, f in self._items if s not in shards)
+        for f in gone:
+            self._picks.pop(id(f), None)

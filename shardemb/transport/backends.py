@@ -16,7 +16,6 @@ import atexit
 import contextlib
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,6 @@ import numpy as np
 
 from shardemb.core.config import TableConfig
 from shardemb.errors import (
-    CapacityError,
     ClusterConnectionError,
     InvalidConfigError,
     ShardembError,
@@ -35,9 +33,10 @@ from shardemb.errors import (
     TableExistsError,
     TableNotFoundError,
 )
-from shardemb.shard.shard import Shard
+from shardemb.transport import hosts
 from shardemb.transport.auth import auth_help, check_token, refused_auth
-from shardemb.transport.endpoint import SharedMemoryEndpoint
+from shardemb.transport.inprocess import InProcessBackend
+from shardemb.transport.shard_actor import ShardActor
 
 __all__ = [
     "BACKENDS",
@@ -76,90 +75,6 @@ def actor_name(table: str, index: int) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# In-process backend
-# --------------------------------------------------------------------------------------
-class _Done:
-    """A resolved future."""
-
-    __slots__ = ("value", "error")
-
-    def __init__(self, value: Any = None, error: BaseException | None = None):
-        self.value, self.error = value, error
-
-
-class InProcessBackend:
-    """Shards as plain objects in this process, called synchronously."""
-
-    name = "inprocess"
-    _tables: dict[str, list[Shard]] = {}
-    _lock = threading.Lock()
-
-    def create(
-        self,
-        config: TableConfig,
-        resources: ShardResources,
-        detached: bool = False,
-        initialize: bool = True,
-    ):
-        with self._lock:
-            if config.name in self._tables:
-                raise TableExistsError(
-                    f"A table named {config.name!r} already exists in this process. "
-                    f"Received: name={config.name!r}"
-                )
-            try:
-                shards = [Shard(config, i, initialize=initialize) for i in range(config.num_shards)]
-            except MemoryError as err:
-                asked = config.vocab_size * config.slot_bytes_per_row()
-                raise CapacityError(
-                    f"Table {config.name!r} does not fit in this process's memory: its rows "
-                    f"and optimizer slots need {asked:,} bytes ({config.vocab_size} rows x "
-                    f"{config.slot_bytes_per_row()} bytes). Use a smaller vocab_size or dim, "
-                    "or backend='ray' on a cluster with more memory. "
-                    f"Received: vocab_size={config.vocab_size}, dim={config.dim}"
-                ) from err
-            self._tables[config.name] = shards
-        return shards
-
-    def attach(self, name: str) -> tuple[TableConfig, list, bool]:
-        shards = self._tables.get(name)
-        if shards is None:
-            raise TableNotFoundError(f"No table named {name!r} in this process.")
-        return shards[0].config, shards, False
-
-    def submit(self, handle: Shard, method: str, *args) -> _Done:
-        try:
-            return _Done(getattr(handle, method)(*args))
-        except ShardembError as err:
-            return _Done(error=err)
-        except Exception as err:  # noqa: BLE001 - reported like a remote failure
-            return _Done(error=ShardError(f"Shard {handle.index} failed in {method}: {err!r}"))
-
-    def get(self, futures: list, timeout: float | None = None) -> list:
-        for f in futures:
-            if f.error is not None:
-                raise f.error
-        return [f.value for f in futures]
-
-    def done(self, futures: list) -> tuple[list, list]:
-        return list(futures), []
-
-    def wait(self, futures: list, timeout: float | None = None) -> None:
-        return None
-
-    def alive(self, handles: list, timeout: float = 30.0) -> list[dict | None]:
-        return [h.info() for h in handles]
-
-    def kill(self, name: str, handles: list) -> None:
-        with self._lock:
-            if self._tables.get(name) is handles:
-                del self._tables[name]
-
-    def node_of(self, handles: list) -> list[dict]:
-        return [{"node_id": "local", "pid": os.getpid()} for _ in handles]
-
-
-# --------------------------------------------------------------------------------------
 # Ray backend
 # --------------------------------------------------------------------------------------
 class RayBackend:
@@ -176,7 +91,7 @@ class RayBackend:
 
     def _cls(self):
         if self._actor_cls is None:
-            self._actor_cls = self._ray.remote(_ShardActor)
+            self._actor_cls = self._ray.remote(ShardActor)
         return self._actor_cls
 
     def create(
@@ -185,13 +100,18 @@ class RayBackend:
         resources: ShardResources,
         detached: bool = False,
         initialize: bool = True,
+        group: str | None = None,
     ):
-        if self._exists(actor_name(config.name, 0)):
+        """The table's shards: actors of their own, or with ``group`` shards in the
+        group's hosts (:mod:`shardemb.transport.hosts`)."""
+        if self._exists(actor_name(config.name, 0)) or hosts.hosted_holders(self, config.name):
             raise TableExistsError(
                 f"A table named {config.name!r} already exists on this Ray cluster "
                 f"(namespace {NAMESPACE!r}); close it or choose another name. "
                 f"Received: name={config.name!r}"
             )
+        if group is not None:
+            return hosts.create_hosted(self, config, resources, detached, initialize, group)
         handles = []
         try:
             for i in range(config.num_shards):
@@ -209,6 +129,8 @@ class RayBackend:
         """The actor of shard ``index`` in place of ``old``, which died: the replacement
         another process started first, or a new, empty one (to be loaded from a checkpoint).
         The name is the lock; no actor but ``old`` (it may hang, not be gone) is killed."""
+        if isinstance(old, hosts.HostedHandle):
+            return hosts.restart_hosted(self, config, index, old, resources, detached)
         name = actor_name(config.name, index)
         with contextlib.suppress(Exception):  # already gone
             self._ray.kill(old, no_restart=True)
@@ -239,6 +161,10 @@ class RayBackend:
                 out.append(self._ray.get(ref, timeout=timeout))
             except (self._ray.exceptions.RayActorError, self._ray.exceptions.GetTimeoutError):
                 out.append(None)
+            except self._ray.exceptions.RayTaskError as err:
+                if not isinstance(getattr(err, "cause", None), hosts.TableNotHostedError):
+                    raise
+                out.append(None)  # its host was restarted without it
         return out
 
     def _holder(self, name: str):
@@ -249,9 +175,19 @@ class RayBackend:
             return None
 
     def _start_actor(self, config, index, resources, detached, initialize):
-        num_gpus = resources.num_gpus or (1.0 if config.device == "gpu" else 0.0)
+        options = self.actor_options(actor_name(config.name, index), config.device,
+                                     resources, detached)  # fmt: skip
+        return (
+            self._cls()
+            .options(**options)
+            .remote(config, index, initialize=initialize, detached=detached)
+        )
+
+    def actor_options(self, name: str, device: str, resources, detached: bool) -> dict:
+        """Ray's options for a shard (or host) actor named ``name``."""
+        num_gpus = resources.num_gpus or (1.0 if device == "gpu" else 0.0)
         options: dict[str, Any] = {
-            "name": actor_name(config.name, index),
+            "name": name,
             "num_cpus": resources.num_cpus,
             "num_gpus": num_gpus,
             "namespace": NAMESPACE,
@@ -268,11 +204,7 @@ class RayBackend:
             options["scheduling_strategy"] = "SPREAD"
         if detached:
             options["lifetime"] = "detached"
-        return (
-            self._cls()
-            .options(**options)
-            .remote(config, index, initialize=initialize, detached=detached)
-        )
+        return options
 
     def _exists(self, name: str) -> bool:
         try:
@@ -283,6 +215,8 @@ class RayBackend:
 
     def attach(self, name: str) -> tuple[TableConfig, list, bool]:
         first = self._holder(actor_name(name, 0))
+        if first is None and (hosted := hosts.attach_hosted(self, name)) is not None:
+            return hosted
         if first is None:
             raise TableNotFoundError(
                 f"No table named {name!r} on this Ray cluster (namespace {NAMESPACE!r}). "
@@ -297,6 +231,28 @@ class RayBackend:
 
     def submit(self, handle, method: str, *args):
         return getattr(handle, method).remote(*args)
+
+    def submit_many(self, calls: list[tuple]) -> list[tuple]:
+        """Send the ``(handle, method, args)`` ``calls`` at once; those to one shard host
+        travel as one call (``ShardHost.call_many``). Returns per call ``(future, pick)``:
+        ``pick`` is its item in the fused call's answer (a list of errors), else None."""
+        out: list = [None] * len(calls)
+        by_host: dict = {}
+        for i, (handle, method, args) in enumerate(calls):
+            if isinstance(handle, hosts.HostedHandle):
+                by_host.setdefault(handle._actor_id, []).append(i)
+            else:
+                out[i] = (self.submit(handle, method, *args), None)
+        for idx in by_host.values():
+            if len(idx) == 1:
+                handle, method, args = calls[idx[0]]
+                out[idx[0]] = (self.submit(handle, method, *args), None)
+                continue
+            items = [(calls[i][0].table, calls[i][1], calls[i][2]) for i in idx]
+            future = calls[idx[0]][0].actor.call_many.remote(items)
+            for pick, i in enumerate(idx):
+                out[i] = (future, pick)
+        return out
 
     def get(self, futures: list, timeout: float | None = None) -> list:
         ray = self._ray
@@ -333,6 +289,8 @@ class RayBackend:
     def kill(self, name: str, handles: list) -> None:
         """Kill the shards ``handles`` of table ``name`` and whatever holds their names (a
         replacement this handle never saw); return once the names are free for everyone."""
+        if handles and isinstance(handles[0], hosts.HostedHandle):
+            return hosts.kill_hosted(self, name, handles)
         for h in handles:  # dead ones too: a hung actor keeps its name
             with contextlib.suppress(Exception):  # already gone is fine when closing
                 self._ray.kill(h, no_restart=True)
@@ -345,26 +303,6 @@ class RayBackend:
 
     def node_of(self, handles: list) -> list[dict]:
         return self.get([h.node.remote() for h in handles], timeout=60)
-
-
-class _ShardActor(SharedMemoryEndpoint, Shard):
-    """The shard as a Ray actor: adds what only makes sense inside Ray (shared memory with
-    the router, its config and node for ``connect`` and ``placement``)."""
-
-    def __init__(
-        self, config: TableConfig, index: int, *, initialize: bool = True, detached: bool = False
-    ):
-        super().__init__(config, index, initialize=initialize)
-        self.detached = detached
-
-    def get_config(self) -> tuple[TableConfig, bool]:
-        return self.config, self.detached
-
-    def node(self) -> dict:
-        import ray
-
-        ctx = ray.get_runtime_context()
-        return {"node_id": ctx.get_node_id(), "pid": os.getpid()}
 
 
 def ensure_ray(address: str | None = None) -> None:

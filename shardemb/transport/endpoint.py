@@ -44,6 +44,13 @@ class SharedMemoryEndpoint:
         if self._shared is not None:
             self._shared.set_ready(self._loaded)
 
+    def close_shared(self) -> None:
+        """Remove the shared rows (the shard leaves a host that lives on): routers see
+        the shard gone. The rows stay valid here until the shard is dropped."""
+        if self._shared is not None:
+            self._shared.segment.close()
+            self._shared = None
+
     def shared_rows_info(self) -> dict | None:
         """How a router on this host maps this shard's rows (``None``: it cannot)."""
         return self._shared.info() if self._shared is not None else None
