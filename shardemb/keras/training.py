@@ -4,7 +4,7 @@ The trainer holds no copy of the table, only a *step buffer*: a trainable variab
 ``max_ids_per_step`` rows. A training forward pass gives the batch's distinct ids slots in
 the buffer (:class:`~shardemb.keras.slots.StepSlots`), copies their rows in from the store
 and gathers from the buffer, so the table's gradient is the buffer's gradient. The model's
-optimizer hands that gradient to :meth:`StepBuffer._apply_step_gradient` where it would
+optimizer hands that gradient to :func:`apply_step_gradients` where it would
 update the variable (:mod:`shardemb.keras.hooks`), and the layer pushes it to the store.
 Inside an XLA-compiled step the same happens through the feeder's variables
 (:mod:`shardemb.keras.xla`).

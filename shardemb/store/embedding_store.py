@@ -309,20 +309,22 @@ class EmbeddingStore(ShardsHandle):
         Errors surface at :meth:`flush` or the next call. Invalid ids or gradients (wrong
         shape or dtype, NaN/Inf) raise here and nothing is applied anywhere.
         """
-        ids = check_ids(ids, self.config.vocab_size)
-        cfg = self.config
-        grads = check_grads(
-            grads, ids.shape, cfg.dim, dtype=cfg.dtype, allow_nonfinite=allow_nonfinite
-        )
-        flat = ids.reshape(-1)
-        flat_grads = grads.reshape(-1, cfg.dim)
-        split = self.config.partition.split(flat)
+        split, flat_grads = self._checked_push(ids, grads, allow_nonfinite)
         with self._lock:
             self._raise_pending()
             exchange.push(self, split, flat_grads)
             overflow = self._pending.take_overflow()
             if overflow:
                 self._settle(overflow)
+
+    def _checked_push(self, ids, grads, allow_nonfinite: bool = False):
+        """The checked ``ids`` split by shard, and their gradients as rows."""
+        cfg = self.config
+        ids = check_ids(ids, cfg.vocab_size)
+        grads = check_grads(
+            grads, ids.shape, cfg.dim, dtype=cfg.dtype, allow_nonfinite=allow_nonfinite
+        )
+        return cfg.partition.split(ids.reshape(-1)), grads.reshape(-1, cfg.dim)
 
     @staticmethod
     def apply_gradients_many(pushes) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 
 import shardemb.store.exchange as exchange
-from shardemb.core.router import check_grads, check_ids
 from shardemb.errors import InvalidConfigError
 
 __all__ = ["apply_gradients_many"]
@@ -47,11 +46,7 @@ def apply_gradients_many(pushes) -> None:
             raise InvalidConfigError(
                 f"Each push must be a (store, ids, grads) triple. Received: {item!r}"
             ) from None
-        cfg = store.config
-        ids = check_ids(ids, cfg.vocab_size)
-        grads = check_grads(grads, ids.shape, cfg.dim, dtype=cfg.dtype)
-        flat = ids.reshape(-1)
-        checked.append((store, cfg.partition.split(flat), grads.reshape(-1, cfg.dim)))
+        checked.append((store, *store._checked_push(ids, grads)))
     if not checked:
         return
     stores = sorted({id(s): s for s, _, _ in checked}.values(), key=lambda s: s.config.name)

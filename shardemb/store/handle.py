@@ -42,7 +42,8 @@ class ShardsHandle:
     def _settle(self, futures: list) -> None:
         """Wait for the pushes ``futures`` (taken from the pending queue): raise the first
         error, also one of this table's items in a fused call."""
-        self._pending.check(futures, self._get(futures))
+        picks = self._pending.take_picks(futures)
+        self._pending.check(picks, self._get(futures))
 
     def close(self) -> None:
         """Apply pending pushes, then remove the table's shards if this handle owns them:

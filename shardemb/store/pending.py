@@ -31,16 +31,19 @@ class PendingPushes:
         if pick is not None:
             self._picks.setdefault(id(item[1]), []).append(pick)
 
-    def check(self, futures: list, values: list) -> None:
-        """Raise the first error among this table's items in the answers ``values`` of
-        ``futures`` (taken from the queue); a plain push's answer is None."""
-        errors = []
-        for fut, value in zip(futures, values, strict=True):
-            for pick in self._picks.pop(id(fut), ()):
+    def take_picks(self, futures: list) -> list:
+        """This table's item positions in the answers of ``futures`` (taken from the
+        queue), removed: call it before waiting, so none is left behind on an error."""
+        return [self._picks.pop(id(f), ()) for f in futures]
+
+    @staticmethod
+    def check(picks: list, values: list) -> None:
+        """Raise the first error among this table's items (``picks``, from
+        :meth:`take_picks`) in the answers ``values``; a plain push's answer is None."""
+        for positions, value in zip(picks, values, strict=True):
+            for pick in positions:
                 if value[pick] is not None:
-                    errors.append(value[pick])
-        if errors:
-            raise errors[0]
+                    raise value[pick]
 
     def futures_of(self, shards) -> list:
         """The futures of the pushes in flight to ``shards`` (left in the queue)."""

@@ -20,6 +20,7 @@ actors; an entry whose hosts no longer hold the table is stale and ignored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -260,10 +261,8 @@ def kill_hosted(backend, name: str, handles: list) -> None:
         except Exception:  # noqa: BLE001, S112 - dead or hung: its processes are gone
             continue
         if left == 0:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(h.actor, no_restart=True)
-            except Exception:  # noqa: BLE001, S110 - already gone
-                pass
     if registry.get(name) == [h.host for h in handles]:
         registry.delete(name)
 
@@ -277,10 +276,8 @@ def restart_hosted(backend, config, index: int, old: HostedHandle, resources, de
         try:
             ray.get(held.ping.remote(), timeout=10)  # alive: it lost only this table
         except Exception:  # noqa: BLE001 - dead or hung: replaced below
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(held, no_restart=True)
-            except Exception:  # noqa: BLE001, S110 - already gone
-                pass
             held = None
     deadline = time.monotonic() + 60
     while held is None or held._actor_id == old._actor_id:
