@@ -152,6 +152,26 @@ def test_duplicate_ids_are_summed_before_adagrad(init):
     np.testing.assert_allclose(layer.get_weights()[0], dense.numpy(), atol=1e-6)
 
 
+def test_duplicate_ids_sum_in_order_of_occurrence_bit_for_bit(init, rng):
+    """The trainer sums a row's duplicates as TensorFlow densifies the gradient (in order
+    of occurrence) and the table moves by exactly that sum: SGD(1.0) gives the same bits
+    as a dense Keras variable."""
+    layer = _sharded(weights=[init], optimizer={"name": "sgd", "learning_rate": 1.0})
+    dense = keras.Variable(init.copy())
+    ids = rng.integers(0, 8, size=(64, 5))  # many duplicates of a few rows
+    weights = tf.constant(rng.normal(size=(64, 5, D)).astype(np.float32))
+    for var, lookup in ((None, layer), (dense, lambda i: tf.gather(dense, i))):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(lookup(ids) * weights)
+        variables = layer.trainable_variables if var is None else [dense]
+        (grad,) = tape.gradient(loss, variables)
+        if var is not None:
+            grad = tf.convert_to_tensor(grad)  # unsorted_segment_sum: sequential on CPU
+        keras.optimizers.SGD(1.0).apply_gradients([(grad, variables[0])])
+    np.testing.assert_array_equal(layer.get_weights()[0], dense.numpy())
+    assert not np.array_equal(dense.numpy(), init)
+
+
 def test_gradient_tape_and_custom_train_step_push(init):
     layer = _sharded(weights=[init], optimizer={"name": "sgd", "learning_rate": 1.0})
     ids = np.array([[3, 3], [7, 0]])

@@ -181,3 +181,19 @@ def test_keras_optimizers_are_translated():
 def test_bad_optimizers(bad, match):
     with pytest.raises(InvalidConfigError, match=match):
         get_optimizer(bad)
+
+
+def test_sum_duplicates_adds_in_order_of_occurrence(rng):
+    rows = rng.integers(0, 40, 3000)
+    vals = rng.normal(size=(3000, 5)).astype(np.float32)
+    uniq, summed = sum_duplicates(rows, vals)
+    ref = np.full((40, 5), -0.0, np.float32)
+    np.add.at(ref, rows, vals)  # one value after another, in order
+    np.testing.assert_array_equal(uniq, np.unique(rows))
+    assert summed.dtype == np.float32 and summed.tobytes() == ref[uniq].tobytes()
+    # Sorted, distinct rows (as the trainer sends them) come back untouched.
+    again = sum_duplicates(uniq, summed)
+    assert again[0] is uniq and again[1] is summed
+    # A lone row keeps its bits, -0.0 included.
+    r, v = sum_duplicates(np.array([2, 1, 2]), np.array([[-0.0], [-0.0], [1.0]]))
+    assert r.tolist() == [1, 2] and np.signbit(v[0, 0]) and v[1, 0] == 1.0

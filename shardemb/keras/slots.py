@@ -61,6 +61,14 @@ class StepSlots:
         the ids given those slots)``; ids that already hold a slot keep it. Raises
         :class:`CapacityError` (and changes nothing) when the new ids do not fit."""
         uniq, inverse = np.unique(flat_ids, return_inverse=True)
+        if self.used == 0 and uniq.size <= self.capacity:
+            # A step's first forward pass (the usual case): every id is new and the
+            # slots go out in id order, so the window's sorted view is known already.
+            new_slots = np.arange(uniq.size, dtype=np.int64)
+            self._ids[: uniq.size] = uniq
+            self.used = uniq.size
+            self._sorted, self._sorted_slots = uniq, new_slots
+            return new_slots[inverse.reshape(-1)], new_slots, uniq
         where = np.searchsorted(self._sorted, uniq)
         where_c = np.minimum(where, max(self._sorted.size - 1, 0))
         known = self._sorted[where_c] == uniq if self._sorted.size else np.zeros(uniq.size, bool)

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
 
+from shardemb.core.arrays import segment_sum
 from shardemb.core.optimizers import get_optimizer
 from shardemb.core.router import check_ids
 from shardemb.errors import InvalidConfigError, InvalidIdsError
@@ -154,17 +155,35 @@ class StepBuffer:
         fed.applied.assign_add(1)
 
     def _take_sparse(self, slots: np.ndarray, values: np.ndarray):
-        """The ids and gradient rows of a sparse step gradient; the buffer is freed."""
-        ids = self._slots.ids(slots.astype(np.int64, copy=False))
+        """The ids and gradient rows of a sparse step gradient; the buffer is freed.
+
+        Where the shard would sum in this dtype anyway, the rows of a slot are summed
+        here (in order of occurrence, as the shard would) and the ids go out sorted, so
+        each shard gets its rows once and in order, and skips its own sort."""
+        slots = slots.astype(np.int64, copy=False)
+        cfg = self.store.config
+        used = self._slots.used
+        if (
+            values.ndim == 2
+            and values.dtype == np.dtype(cfg.dtype)
+            and getattr(cfg, "slot_dtype", cfg.dtype) == cfg.dtype
+        ):
+            summed = segment_sum(slots, values, used)
+            _, by_id = self._slots.sorted_view()
+            touched = by_id[np.bincount(slots, minlength=used)[by_id] > 0]
+            taken = self._slots.ids(touched), summed[touched]
+        else:
+            taken = self._slots.ids(slots), values
         self._slots.reset()
-        return ids, values
+        return taken
 
     def _take_dense(self, grad: np.ndarray):
         # A dense gradient (unscaled, accumulated or clipped) covers every slot given out
-        # in the window; slots not used by this step carry zeros.
-        ids = self._slots.held.copy()
+        # in the window; slots not used by this step carry zeros. In id order, as above.
+        _, by_id = self._slots.sorted_view()
+        taken = self._slots.ids(by_id), grad[by_id]
         self._slots.reset()
-        return ids, grad[: ids.size]
+        return taken
 
     def _follow_optimizer(self, optimizer) -> None:
         """Once, at the first applied step: without ``optimizer=``, take the model's

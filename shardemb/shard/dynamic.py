@@ -61,6 +61,8 @@ EVICT_FRACTION = 1 / 64
 def _sum_duplicates(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`~shardemb.shard.shard.sum_duplicates`, bit for bit, faster when no key
     repeats more than once (a push of mostly distinct keys): pairs are added directly."""
+    if keys.size < 2 or bool((keys[1:] > keys[:-1]).all()):
+        return keys, values  # sorted and distinct (the trainer sends them so)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     first = np.empty(keys.size, bool)
@@ -70,7 +72,7 @@ def _sum_duplicates(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, n
     if starts.size == keys.size:
         return sorted_keys, values[order]
     sizes = np.diff(starts, append=keys.size)
-    if sizes.max() > 2:  # reduceat's own summation order: keep it
+    if sizes.max() > 2:  # longer runs: the general sum
         return sum_duplicates(keys, values)
     vals = values[order]
     out = vals[starts]

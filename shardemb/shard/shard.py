@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from shardemb.core.arrays import segment_sum
 from shardemb.core.config import TableConfig
 from shardemb.errors import InvalidGradientError, InvalidIdsError, ShardNotLoadedError
 from shardemb.shard.storage import make_storage
@@ -213,19 +214,29 @@ class Shard:
 
 def sum_duplicates(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique ``rows`` (sorted) and the sum of ``values`` over each one's occurrences,
-    added in order of occurrence (``np.add.at`` semantics).
+    added in order of occurrence (``np.add.at`` semantics, as TensorFlow's
+    ``unsorted_segment_sum`` on CPU adds them). Rows that are already strictly increasing
+    (the trainer sends them so) come back as they are.
 
     Example:
         >>> r, v = sum_duplicates(np.array([3, 1, 3]), np.array([[1.0], [2.0], [4.0]]))
         >>> r.tolist(), v.tolist()
         ([1, 3], [[2.0], [5.0]])
     """
-    order = np.argsort(rows, kind="stable")
+    if rows.size < 2 or bool((rows[1:] > rows[:-1]).all()):
+        return rows, values
+    # The order of the sort does not matter: the sum below follows the occurrences.
+    order = np.argsort(rows)
     sorted_rows = rows[order]
-    starts = np.flatnonzero(np.concatenate([[True], sorted_rows[1:] != sorted_rows[:-1]]))
-    if starts.size == rows.size:  # already unique: no reduction needed
+    first = np.empty(rows.size, bool)
+    first[0] = True
+    np.not_equal(sorted_rows[1:], sorted_rows[:-1], out=first[1:])
+    if first.all():  # already unique: no reduction needed
         return sorted_rows, values[order]
-    return sorted_rows[starts], np.add.reduceat(values[order], starts, axis=0)
+    starts = np.flatnonzero(first)
+    inverse = np.empty(rows.size, np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return sorted_rows[starts], segment_sum(inverse, values, starts.size)
 
 
 def _tf_device(device: str) -> str | None:
