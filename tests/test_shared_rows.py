@@ -7,10 +7,11 @@ import os
 import threading
 
 import numpy as np
+import pytest
 
 from shardemb import EmbeddingStore
 from shardemb.shard.storage import NumpyStorage
-from shardemb.transport.shared_table import RowReader, SharedRows
+from shardemb.transport.shared_table import JoinedRows, RowReader, SharedRows
 from shardemb.transport.shm import SHM_DIR
 
 DIM = 8
@@ -79,6 +80,7 @@ def test_no_torn_rows_while_another_handle_pushes(ray_session, table_name):
         try:
             reader.lookup([0])
             assert all(t is not None for t in reader._channel().tables)
+            assert isinstance(reader._channel()._joined, JoinedRows)  # one gather, 2 shards
             for _ in range(300):
                 rows = reader.lookup(np.arange(VOCAB))
                 # Each push adds the same value to every column of a row.
@@ -116,3 +118,49 @@ def test_closing_the_table_removes_its_shared_rows(ray_session, table_name):
     assert all(os.path.exists(os.path.join(SHM_DIR, n)) for n in names)
     store.close()
     assert not any(os.path.exists(os.path.join(SHM_DIR, n)) for n in names)
+
+
+@pytest.mark.parametrize("dim, dtype", [(8, "float32"), (5, "float32"), (3, "float16")])
+def test_joined_rows_are_every_shards_rows_in_one_mapping(dim, dtype, rng):
+    """Shards of different sizes and rows of any width (not dividing a page) side by side:
+    row ``starts[s] + local`` is shard s's row ``local``, and it follows their writes."""
+    sizes = [7, 1000, 1, 333]
+    shared, readers = [], []
+    for n in sizes:
+        storage = NumpyStorage(n, dim, dtype)
+        storage.write(0, rng.normal(size=(n, dim)).astype(dtype))
+        shared.append(SharedRows(storage))
+        readers.append(RowReader(shared[-1].info()))
+    joined = JoinedRows(readers)
+    try:
+        for s, n in enumerate(sizes):
+            local = rng.integers(0, n, 50)
+            np.testing.assert_array_equal(
+                joined.take(joined.starts[s] + local), shared[s].storage.gather(local)
+            )
+        shared[1].storage.scatter(np.array([999]), np.full((1, dim), 7, dtype))
+        assert (joined.take(joined.starts[1:2] + 999) == 7).all()
+        with pytest.raises(ValueError):
+            joined.rows[0, 0] = 1  # read-only
+    finally:
+        joined.close()
+        for r in readers:
+            r.close(unlink=True)
+    assert joined.rows is None
+
+
+@pytest.mark.parametrize("partition, shards", [("mod", 3), ("div", 2), ("mod", 4)])
+def test_lookups_over_shards_gather_once_and_exactly(ray_session, table_name, partition,
+                                                     shards, rng):  # fmt: skip
+    with EmbeddingStore.create(table_name, VOCAB, 6, num_shards=shards, partition=partition,
+                               seed=1) as store:  # fmt: skip
+        full = store.to_numpy()
+        ids = rng.integers(0, VOCAB, (40, 3))
+        assert store.lookup(ids).tobytes() == full[ids].tobytes()
+        assert isinstance(store._channel()._joined, JoinedRows)
+        store.apply_gradients(ids, np.ones(ids.shape + (6,), np.float32))
+        assert not np.array_equal(store.lookup(ids), full[ids])  # its own push, seen
+        assert store.lookup(np.arange(VOCAB)).tobytes() == store.to_numpy().tobytes()
+        store._channel()._close_joined()
+        store._channel()._joined = False  # where no joined mapping can be made
+        assert store.lookup(ids).tobytes() == store.to_numpy()[ids].tobytes()

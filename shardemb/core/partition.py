@@ -84,7 +84,9 @@ class Partition:
         """Shard index of each global row (ids assumed in range)."""
         ids = np.asarray(ids, dtype=np.int64)
         if self.kind == "mod":
-            return ids % self.num_shards
+            n = self.num_shards
+            # A power of two (the usual count): a mask, several times cheaper than `%`.
+            return ids & (n - 1) if n & (n - 1) == 0 else ids % n
         # Searchsorted over shard starts: O(n log N), no Python loop.
         return np.searchsorted(self.shard_starts(), ids, side="right") - 1
 
@@ -92,7 +94,8 @@ class Partition:
         """Row index inside its shard of each global row."""
         ids = np.asarray(ids, dtype=np.int64)
         if self.kind == "mod":
-            return ids // self.num_shards
+            n = self.num_shards
+            return ids >> (n.bit_length() - 1) if n & (n - 1) == 0 else ids // n
         if shard is None:
             shard = self.shard_of(ids)
         return ids - self.shard_starts()[shard]

@@ -29,7 +29,7 @@ def lookup(store, flat: np.ndarray, dedup) -> np.ndarray:
     channel = store._channel()
     readers = channel.readers(range(cfg.num_shards)) if channel is not None else None
     if readers is not None:
-        return _read_shared(store, flat, readers)
+        return _read_shared(store, flat, channel, readers)
     plan = plan_lookup(flat, cfg.partition, dedup=dedup, deduplicator=store._dedup)
     split = plan.split
     n = split.local.size
@@ -83,7 +83,7 @@ def lookup(store, flat: np.ndarray, dedup) -> np.ndarray:
     return assemble(plan, placed, owned=False, placed=True)
 
 
-def _read_shared(store, flat: np.ndarray, readers: list) -> np.ndarray:
+def _read_shared(store, flat: np.ndarray, channel, readers: list) -> np.ndarray:
     """The rows of ``flat``, gathered here from the shards' shared rows: no Ray call, no
     dedup (a duplicate costs one more copied row, less than deduplicating). Read-your-
     writes: this process's pushes in flight are waited for first."""
@@ -94,6 +94,11 @@ def _read_shared(store, flat: np.ndarray, readers: list) -> np.ndarray:
         store._raise_pending()  # a push that failed is raised now, not read around
     if len(readers) == 1:
         return readers[0].take(flat)
+    joined = channel.joined(readers)
+    if joined is not None:  # one gather over all the shards, in the ids' order
+        part = cfg.partition
+        shard = part.shard_of(flat)
+        return joined.take(joined.starts.take(shard) + part.local_rows(flat, shard))
     split = cfg.partition.split(flat)
     grouped = np.empty((flat.size, cfg.dim), dtype=cfg.dtype)
     for s, reader in enumerate(readers):

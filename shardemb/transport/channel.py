@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from shardemb.errors import ShardembError, ShardTimeoutError
-from shardemb.transport.shared_table import RowReader
+from shardemb.transport.shared_table import JoinedRows, RowReader
 from shardemb.transport.shm import RETIRED, STAMP_BYTES, ShmSegment, shm_available
 
 __all__ = ["RequestBuffers", "ShmChannel", "probe_channel"]
@@ -140,6 +140,10 @@ class ShmChannel:
         #: Per shard, a read-only view of its rows when it keeps them in shared memory
         #: here (zero-copy lookups, :mod:`shardemb.transport.shared_table`), else None.
         self.tables: list[RowReader | None] = [None] * len(local)
+        # All the shards' rows in one mapping (built at the first lookup that reads them
+        # all here); False where it cannot be built: then they are read shard by shard.
+        self._joined: JoinedRows | bool | None = None
+        self._joined_of: tuple = ()
 
     def readers(self, shards) -> list[RowReader] | None:
         """The row readers of ``shards`` when every one can be read here, else None."""
@@ -147,6 +151,26 @@ class ShmChannel:
         if all(r is not None and r.ready for r in readers):
             return readers
         return None
+
+    def joined(self, readers: list[RowReader]) -> JoinedRows | None:
+        """One mapping of the rows of ``readers`` (all ready), or None where the platform
+        cannot make one."""
+        if self._joined is False:
+            return None
+        key = tuple(id(r) for r in readers)
+        if self._joined is None or self._joined_of != key:
+            self._close_joined()
+            try:
+                self._joined, self._joined_of = JoinedRows(readers), key
+            except OSError:
+                self._joined = False
+                return None
+        return self._joined
+
+    def _close_joined(self) -> None:
+        if isinstance(self._joined, JoinedRows):
+            self._joined.close()
+        self._joined, self._joined_of = None, ()
 
     def next_push(self, backend, timeout: float) -> RequestBuffers:
         """The next push buffer, once the shards have finished reading it (backpressure).
@@ -163,6 +187,7 @@ class ShmChannel:
         hold their memory (until it attaches a new buffer) after this client is gone.
         ``remove_tables``: the shards are gone (their owner closed the table): also remove
         the files of their shared rows."""
+        self._close_joined()
         for i, reader in enumerate(self.tables):
             if reader is not None:
                 reader.close(unlink=remove_tables)

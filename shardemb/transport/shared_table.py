@@ -14,14 +14,23 @@ even version, gathers, and starts over if the version moved meanwhile, so a row 
 torn by a concurrent writer (another process's push). Read-your-writes is the caller's
 part: it waits for its own pushes to the shard before reading (their Ray futures).
 
+:class:`JoinedRows` maps the rows of all of a table's co-located shards side by side in
+one read-only address range (Linux ``mmap`` with ``MAP_FIXED``), so that a lookup over
+several shards is one gather straight into its output, in the ids' order: no grouping by
+shard, no scatter back.
+
 Pure numpy over ``mmap``; the memory is counted once (both processes map the same pages).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import math
+import mmap
 import os
+import sys
 import time
 
 import numpy as np
@@ -29,7 +38,7 @@ import numpy as np
 from shardemb.errors import ShardTimeoutError
 from shardemb.transport.shm import SHM_DIR, ShmSegment
 
-__all__ = ["HEADER_BYTES", "RowReader", "SharedRows"]
+__all__ = ["HEADER_BYTES", "JoinedRows", "RowReader", "SharedRows"]
 
 HEADER_BYTES = 64
 VERSION, READY = 0, 1
@@ -134,3 +143,114 @@ class RowReader:
         if unlink:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(SHM_DIR, name))
+
+
+class JoinedRows:
+    """The rows of several co-located shards of one table (their :class:`RowReader` s)
+    mapped again, side by side, in one read-only address range: shard ``s``'s row ``local``
+    is row ``starts[s] + local`` of :attr:`rows`. Between two shards lie a few unmapped
+    rows (each shard starts at a page boundary), never read: the caller's partition gives
+    every local row in range.
+
+    Raises ``OSError`` where this cannot be built (not Linux, a file shorter than its
+    rows); the caller then reads shard by shard."""
+
+    def __init__(self, readers: list[RowReader]):
+        if not sys.platform.startswith("linux"):
+            raise OSError("joined mappings need Linux's mmap(MAP_FIXED)")
+        dtype, dim = readers[0].rows.dtype, readers[0].rows.shape[1]
+        row_bytes = dtype.itemsize * dim
+        # Each shard starts on a page (mmap) and on a whole row from the first one.
+        align = math.lcm(mmap.PAGESIZE, row_bytes, HEADER_BYTES)
+        sizes = [HEADER_BYTES + r.rows.shape[0] * row_bytes for r in readers]
+        offsets, end = [], 0
+        for size in sizes:
+            offsets.append(end)
+            end = _round_up(end + size, align)
+        self._size = end
+        self._base = _mmap(None, end, _PROT_NONE, _MAP_PRIVATE | _MAP_ANONYMOUS | _MAP_NORESERVE)
+        try:
+            for reader, offset, size in zip(readers, offsets, sizes, strict=True):
+                fd = os.open(os.path.join(SHM_DIR, reader.segment.name), os.O_RDONLY)
+                try:
+                    if os.fstat(fd).st_size < size:
+                        raise OSError(f"segment {reader.segment.name!r} is shorter than its rows")
+                    _mmap(self._base + offset, _round_up(size, mmap.PAGESIZE), _PROT_READ,
+                          _MAP_SHARED | _MAP_FIXED, fd)  # fmt: skip
+                finally:
+                    os.close(fd)
+        except BaseException:
+            _munmap(self._base, self._size)
+            raise
+        nrows = (offsets[-1] + sizes[-1] - HEADER_BYTES) // row_bytes
+        self.rows = _view(self._base + HEADER_BYTES, dtype, (nrows, dim))
+        self.starts = np.array([o // row_bytes for o in offsets], dtype=np.int64)
+        self.headers = [_view(self._base + o, np.dtype(np.int64), (HEADER_BYTES // 8,))
+                        for o in offsets]  # fmt: skip
+        self.names = tuple(r.segment.name for r in readers)
+
+    def take(self, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``index`` (``starts[shard] + local``), none torn: one gather between two
+        equal, even versions of every shard."""
+        deadline = None
+        while True:
+            before = [int(h[VERSION]) for h in self.headers]
+            if not any(v & 1 for v in before):
+                rows = np.take(self.rows, index, axis=0, out=out, mode="clip")
+                if all(int(h[VERSION]) == v for h, v in zip(self.headers, before, strict=True)):
+                    return rows
+            deadline = deadline or time.monotonic() + RowReader.WAIT_S
+            if time.monotonic() > deadline:
+                raise ShardTimeoutError(
+                    f"A shard's rows stayed locked by a writer for over {RowReader.WAIT_S} s "
+                    f"(segments {list(self.names)})."
+                )
+            time.sleep(0)
+
+    def close(self) -> None:
+        """Unmap (no view of the mapping is left: :meth:`take` returns copies)."""
+        if self._base is not None:
+            self.rows, self.headers = None, []
+            _munmap(self._base, self._size)
+            self._base = None
+
+
+_PROT_NONE, _PROT_READ = 0, 1
+_MAP_SHARED, _MAP_PRIVATE, _MAP_FIXED, _MAP_ANONYMOUS, _MAP_NORESERVE = 1, 2, 0x10, 0x20, 0x4000
+_libc = None
+
+
+def _c():
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                             ctypes.c_int, ctypes.c_long]  # fmt: skip
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _libc = lib
+    return _libc
+
+
+def _mmap(addr, size: int, prot: int, flags: int, fd: int = -1) -> int:
+    got = _c().mmap(addr, size, prot, flags, fd, 0)
+    if got is None or got == ctypes.c_void_p(-1).value:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap: {os.strerror(err)}")
+    return got
+
+
+def _munmap(addr: int, size: int) -> None:
+    _c().munmap(addr, size)
+
+
+def _view(addr: int, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    count = int(np.prod(shape))
+    raw = (ctypes.c_char * (count * dtype.itemsize)).from_address(addr)
+    arr = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+    arr.flags.writeable = False
+    return arr
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
