@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 import psutil
 import pytest
+import ray
 
 from shardemb import EmbeddingStore, ShardError, ShardRestartedError, ShardUnavailableError
 from shardemb.errors import InvalidConfigError, TableExistsError
@@ -101,8 +102,13 @@ def test_a_step_of_many_grouped_tables_costs_one_call_per_host(grouped, monkeypa
     (calls,) = sent
     assert len(calls) == 6  # 3 tables x 2 shards ...
     assert len({id(f) for f, _ in calls}) == 2  # ... in 2 Ray calls, one per host
+    fetched = []
+    ray_get = ray.get
+    monkeypatch.setattr(ray, "get", lambda refs, **kw: fetched.append(refs) or ray_get(refs, **kw))
     for t in tables:
         t.flush()
+    # The 2 answers are fetched once, by the first table; the others reuse them.
+    assert sum(len(refs) for refs in fetched) == 2
 
 
 def test_one_tables_failure_in_a_fused_call_is_raised_by_that_table_only(grouped, rng):

@@ -250,6 +250,26 @@ def test_out_of_range_id_during_fit_raises_and_changes_nothing(init):
     assert _step_counts(layer) == [0, 0]
 
 
+def test_out_of_range_id_in_a_compiled_step_leaves_every_layer_as_it_was(init):
+    """Under jit_compile=True the layers are fed together: when one layer's ids are bad,
+    no layer keeps slots of that step, and the next good step trains all of them."""
+    a, b = _sharded(weights=[init], name="first"), _sharded(weights=[init], name="second")
+    xa, xb = keras.Input((2,), dtype="int64"), keras.Input((2,), dtype="int64")
+    out = keras.layers.Dense(1)(keras.layers.Flatten()(keras.layers.Concatenate()([a(xa), b(xb)])))
+    model = keras.Model([xa, xb], out)
+    model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=True)
+    good, y = np.array([[1, 2], [3, 4]]), np.ones((2, 1))
+    with pytest.raises(Exception, match=r"out of range"):
+        model.fit([good, np.array([[1, 2], [3, V]])], y, batch_size=2, verbose=0)
+    assert a._slots.used == b._slots.used == 0
+    for layer in (a, b):
+        np.testing.assert_array_equal(layer.get_weights()[0], init)
+    model.fit([good, good + 10], y, batch_size=2, verbose=0)
+    assert _step_counts(a) == _step_counts(b) == [1, 1]
+    assert not np.array_equal(a.get_weights()[0][1:5], init[1:5])
+    assert not np.array_equal(b.get_weights()[0][11:15], init[11:15])
+
+
 def _combiner_reference(table, ragged, combiner):
     var = tf.Variable(table)
     sparse = ragged.to_sparse()

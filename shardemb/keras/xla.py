@@ -104,18 +104,32 @@ class Feeder:
                 layer._in_fed_step = False
 
     def before(self, data) -> None:
+        """Before the compiled step: every layer's rows, in one ``tf.numpy_function``."""
         x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data)
         ids = self.extractor(x)
         ids = ids if isinstance(ids, list | tuple) else [ids]
+        flats, dtypes = [], []
         for layer in self.layers:
             flat = [
                 _flat_ids(t) for t, owner in zip(ids, self.owners, strict=True) if owner is layer
             ]
-            flat = tf.concat(flat, 0) if len(flat) > 1 else flat[0]
-            dtype = layer.store.config.dtype
-            new_slots, new_rows, sorted_ids, sorted_slots, used = tf.numpy_function(
-                layer._feed_np, [flat], ["int64", dtype, "int64", "int64", "int64"], stateful=True
-            )
+            flats.append(tf.concat(flat, 0) if len(flat) > 1 else flat[0])
+            dtypes += ["int64", layer.store.config.dtype, "int64", "int64", "int64"]
+        layers = list(self.layers)
+
+        def feed(*arrays):
+            saved = [layer._slots.snapshot() for layer in layers]
+            try:
+                return [out for layer, a in zip(layers, arrays, strict=True)
+                        for out in layer._feed_np(a)]  # fmt: skip
+            except BaseException:
+                for layer, state in zip(layers, saved, strict=True):
+                    layer._slots.restore(state)  # no layer keeps this failed step's slots
+                raise
+
+        fed_all = tf.numpy_function(feed, flats, dtypes, stateful=True)
+        for i, layer in enumerate(layers):
+            new_slots, new_rows, sorted_ids, sorted_slots, used = fed_all[5 * i : 5 * i + 5]
             new_rows.set_shape([None, layer.output_dim])
             fed = layer._fed
             layer._step_rows.value.scatter_update(tf.IndexedSlices(new_rows, new_slots))

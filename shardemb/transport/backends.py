@@ -13,9 +13,11 @@ of futures), ``alive``, ``kill`` and ``node_of``; Ray's also ``restart``.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -256,8 +258,13 @@ class RayBackend:
 
     def get(self, futures: list, timeout: float | None = None) -> list:
         ray = self._ray
+        known = _FINISHED.values(futures)
+        if known is not None:
+            return known  # a fused push's answer, fetched already for another table
         try:
-            return ray.get(futures, timeout=timeout)
+            values = ray.get(futures, timeout=timeout)
+            _FINISHED.add(futures, values)
+            return values
         except ray.exceptions.GetTimeoutError as err:
             raise ShardTimeoutError(
                 f"A shard did not answer within {timeout} s ({len(futures)} requests)."
@@ -273,18 +280,29 @@ class RayBackend:
             ) from err
 
     def done(self, futures: list) -> tuple[list, list]:
-        if not futures:
-            return [], []
-        return self._ray.wait(futures, num_returns=len(futures), timeout=0, fetch_local=False)
+        """``(finished, not finished)`` of ``futures``, without waiting."""
+        unknown = _FINISHED.unknown(futures)
+        if unknown:
+            ready, _ = self._ray.wait(
+                unknown, num_returns=len(unknown), timeout=0, fetch_local=False
+            )
+            _FINISHED.add(ready)
+        running = _FINISHED.unknown(futures)
+        still = set(map(id, running))
+        return [f for f in futures if id(f) not in still], running
 
     def wait(self, futures: list, timeout: float | None = None) -> None:
         """Block until ``futures`` are finished (successfully or not), without raising
         their errors: the caller collects those separately."""
+        unknown = _FINISHED.unknown(futures)
+        if not unknown:
+            return
         _, not_ready = self._ray.wait(
-            futures, num_returns=len(futures), timeout=timeout, fetch_local=False
+            unknown, num_returns=len(unknown), timeout=timeout, fetch_local=False
         )
         if not_ready:
             raise ShardTimeoutError(f"{len(not_ready)} push(es) did not finish within {timeout} s.")
+        _FINISHED.add(unknown)
 
     def kill(self, name: str, handles: list) -> None:
         """Kill the shards ``handles`` of table ``name`` and whatever holds their names (a
@@ -303,6 +321,46 @@ class RayBackend:
 
     def node_of(self, handles: list) -> list[dict]:
         return self.get([h.node.remote() for h in handles], timeout=60)
+
+
+class _FinishedFutures:
+    """The futures this process has seen finished (the newest few thousand), with their
+    answers where they are a push's (None, or a fused call's list of errors). The tables
+    of a group share one future per host and step (a fused push): the first table to see
+    it finished, or to fetch its answer, spares the others a Ray call each (~0.1 ms)."""
+
+    KEEP = 4096
+
+    def __init__(self) -> None:
+        self._seen: collections.OrderedDict[bytes, object] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def unknown(self, futures: list) -> list:
+        """The futures of ``futures`` not known to be finished."""
+        with self._lock:
+            return [f for f in futures if f.binary() not in self._seen]
+
+    def values(self, futures: list) -> list | None:
+        """The answers of ``futures`` when every one is kept, else None."""
+        with self._lock:
+            got = [self._seen.get(f.binary(), _NOT_KEPT) for f in futures]
+        return None if any(v is _NOT_KEPT for v in got) else got
+
+    def add(self, futures: list, values: list | None = None) -> None:
+        """``futures`` finished; ``values``: their answers (only pushes' are kept)."""
+        with self._lock:
+            for i, f in enumerate(futures):
+                value = values[i] if values is not None else _NOT_KEPT
+                keep = value is None or type(value) is list
+                key = f.binary()
+                if keep or key not in self._seen:
+                    self._seen[key] = value if keep else _NOT_KEPT
+            while len(self._seen) > self.KEEP:
+                self._seen.popitem(last=False)
+
+
+_NOT_KEPT = object()
+_FINISHED = _FinishedFutures()
 
 
 def ensure_ray(address: str | None = None) -> None:
