@@ -94,9 +94,10 @@ class StepBuffer:
             self._regularize(buffer * tf.cast(used, buffer.dtype)[:, None])
         return tf.gather(buffer, slots)
 
-    def _feed_np(self, flat: np.ndarray):
-        pos, new_slots, rows = self._slots_np(flat)
-        del pos  # the compiled step finds each id's slot itself
+    def _feed_np(self, new_slots: np.ndarray, new_ids: np.ndarray):
+        """The feeder's outputs for the ids :meth:`_assign_np` gave slots: their rows, and
+        the window's sorted ids and slots, padded."""
+        rows = self.store.lookup(new_ids, dedup=False)
         size = self._fed.size
         ids, slots = self._slots.sorted_view()
         sorted_ids = np.full(size, NOT_AN_ID, np.int64)
@@ -128,12 +129,16 @@ class StepBuffer:
         # Ids are already distinct: no second deduplication in the router.
         return self.store.lookup(ids, dedup=False)
 
-    def _slots_np(self, flat: np.ndarray):
+    def _assign_np(self, flat: np.ndarray):
+        """Slots for the ids ``flat``: ``(slot of each, slots given now, their ids)``."""
         if not self.dynamic:  # dynamic tables take any int64 key, or strings
             flat = check_ids(flat, self.input_dim)
+        return self._slots.assign(flat)
+
+    def _slots_np(self, flat: np.ndarray):
         slots = self._slots
         saved = slots.snapshot()
-        pos, new_slots, new_ids = slots.assign(flat)
+        pos, new_slots, new_ids = self._assign_np(flat)
         try:
             rows = self.store.lookup(new_ids, dedup=False)
         except BaseException:

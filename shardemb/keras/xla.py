@@ -120,8 +120,11 @@ class Feeder:
         def feed(*arrays):
             saved = [layer._slots.snapshot() for layer in layers]
             try:
-                return [out for layer, a in zip(layers, arrays, strict=True)
-                        for out in layer._feed_np(a)]  # fmt: skip
+                # Every layer's slots first, then the rows: the lookups wait for the
+                # previous step's pushes, which the shards apply meanwhile.
+                given = [layer._assign_np(a)[1:] for layer, a in zip(layers, arrays, strict=True)]
+                return [out for layer, g in zip(layers, given, strict=True)
+                        for out in layer._feed_np(*g)]  # fmt: skip
             except BaseException:
                 for layer, state in zip(layers, saved, strict=True):
                     layer._slots.restore(state)  # no layer keeps this failed step's slots
