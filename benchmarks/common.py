@@ -8,6 +8,7 @@ of the per-repetition ratios next to the medians of each.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import platform
@@ -138,12 +139,17 @@ def make_ids(dist: str, rng: np.random.Generator, n: int, vocab: int) -> np.ndar
 
 
 def proc_memory(pid: int) -> dict:
-    """Resident and peak resident bytes of process ``pid`` (Linux ``VmRSS``/``VmHWM``)."""
+    """Resident and peak resident bytes of process ``pid`` (Linux ``VmRSS``/``VmHWM``), and
+    of the resident bytes those of shared memory it maps (``RssShmem``: ``/dev/shm``
+    pages, which every process mapping them counts again)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
         kb = lambda k: int(fields[k].split()[0]) * 1024  # noqa: E731
-        return {"rss": kb("VmRSS"), "peak_rss": kb("VmHWM")}
+        out = {"rss": kb("VmRSS"), "peak_rss": kb("VmHWM")}
+        if "RssShmem" in fields:
+            out["rss_shmem"] = kb("RssShmem")
+        return out
     except (OSError, KeyError, ValueError):
         rss = psutil.Process(pid).memory_info().rss
         return {"rss": rss, "peak_rss": rss}
@@ -217,3 +223,17 @@ def fmt_rate(x: float) -> str:
     if x >= 1e3:
         return f"{x / 1e3:.0f}k"
     return f"{x:.0f}"
+
+
+def shm_bytes() -> int:
+    """Bytes of ``/dev/shm`` held by shardemb's files (shared rows and request buffers), as
+    allocated (a reserved file counts in full)."""
+    from shardemb.transport.shm import SHM_DIR
+
+    total = 0
+    with os.scandir(SHM_DIR) as entries:
+        for e in entries:
+            if e.name.startswith("shardemb-"):
+                with contextlib.suppress(OSError):
+                    total += e.stat().st_blocks * 512
+    return total

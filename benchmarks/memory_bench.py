@@ -7,6 +7,10 @@ Section ``memory``. For each table size (``rows x 64`` float32 with Adagrad, 2 s
   rows plus slots (``store.info()``);
 - the trainer's (this process's) resident bytes before the table exists and after the
   workload: it must stay flat, the trainer does not hold the table;
+- ``/dev/shm`` held by the table (the shards' shared rows and the request buffers), and of
+  the processes' resident bytes those of shared memory (``RssShmem``): the shared rows are
+  one copy in ``/dev/shm``, mapped by the shard and, for the pages its lookups read, by
+  the trainer (each process counts the mapped pages in its own RSS: not extra memory);
 - lookup of 65,536 Zipf ids vs ``np.take`` on a copy of the same table, and push
   (Adagrad, flushed) vs ``np.add.at``, interleaved; ``to_numpy`` rate on the way.
 
@@ -24,7 +28,7 @@ import time
 import numpy as np
 import psutil
 
-from benchmarks.common import Context, interleaved, make_ids, proc_memory
+from benchmarks.common import Context, interleaved, make_ids, proc_memory, shm_bytes
 from shardemb.errors import CapacityError
 
 __all__ = ["run_memory"]
@@ -71,6 +75,8 @@ def _one_size(ctx: Context, rows: int, reps: int, workload: int) -> dict:
             store.apply_gradients(ids, grads)
         store.flush()
         rss_after = _rss()
+        shm_after = shm_bytes()
+        trainer_shmem = proc_memory(os.getpid()).get("rss_shmem")
         shards = []
         for place, inf in zip(store.placement(), store.info(), strict=True):
             mem = proc_memory(place["pid"]) if ctx.backend == "ray" else {}
@@ -80,6 +86,7 @@ def _one_size(ctx: Context, rows: int, reps: int, workload: int) -> dict:
             **base, "create_s": create_s, "init_rows_per_s": rows / create_s,
             "driver_rss_before": rss_before, "driver_rss_after": rss_after,
             "driver_rss_growth": rss_after - rss_before, "shard_memory": shards,
+            "shm_bytes": shm_after, "driver_rss_shmem": trainer_shmem,
             "batch": int(ids.size), "unique_frac": float(np.unique(ids).size / ids.size),
         }  # fmt: skip
         out.update(_throughput(store, ids, grads, reps, ref_bytes))

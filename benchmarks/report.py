@@ -242,15 +242,20 @@ def block_memory(r: dict, meta: dict) -> str:
     for s in r["sizes"]:
         if "skipped" in s:
             rows.append([f"{s['table_rows']:,}", fmt_bytes(s["table_bytes"]), s["skipped"]]
-                        + [""] * 7)  # fmt: skip
+                        + [""] * 9)  # fmt: skip
             continue
         shard = s["shard_memory"]
         peak = max(x.get("peak_rss", 0) for x in shard)
         own = max(x["bytes"] for x in shard)
+        shmem = max((x["rss_shmem"] for x in shard if "rss_shmem" in x), default=None)
+        trainer_shmem = s.get("driver_rss_shmem")
         rows.append([
             f"{s['table_rows']:,}", fmt_bytes(s["table_bytes"]), fmt_bytes(own),
             fmt_bytes(peak) if peak else "n/a", fmt_bytes(peak - own) if peak else "",
+            fmt_bytes(shmem) if shmem is not None else "n/a",
             fmt_bytes(s["driver_rss_before"]), f"{s['driver_rss_growth'] / 1e6:+.0f} MB",
+            fmt_bytes(trainer_shmem) if trainer_shmem is not None else "n/a",
+            fmt_bytes(s["shm_bytes"]) if "shm_bytes" in s else "n/a",
             f"{_x(s['lookup_ratio'])} ({s['lookup_gbs']:.2f} GB/s)" if "lookup_ratio" in s
             else f"n/a ({s['lookup_gbs']:.2f} GB/s)",
             _x(s["push_ratio"]) if "push_ratio" in s else "n/a",
@@ -262,13 +267,18 @@ def block_memory(r: dict, meta: dict) -> str:
         "bytes` from `store.info()` (rows + slots); `peak - own` is the rest (the Ray worker "
         "with its imports, request buffers, an update's temporaries). Trainer: this "
         "process's RSS before the table is created (with whatever earlier sections and sizes "
-        "left in it), and its growth after the workload. "
+        "left in it), and its growth after the workload. `RssShmem`: of a process's "
+        "resident bytes, those of `/dev/shm` pages it maps; `/dev/shm`: what the table's "
+        "files hold there (each shard's rows, and the request buffers). The rows are one "
+        "copy, in `/dev/shm`: the shard maps them all, the trainer the pages its lookups "
+        "read (and a part of the trainer's growth is those pages, counted again in its RSS "
+        "but no more memory). "
         "Lookup: 65,536 Zipf ids vs `np.take`; push: Adagrad + flush vs `np.add.at`, on a "
         "copy of the same table held by this process only for that comparison. "
         "`create s`: creating and initialising the table.", "",
         _table(["rows", "rows+slots", "own bytes/shard", "peak RSS/shard", "peak - own",
-                "trainer RSS", "trainer growth", "lookup vs np.take", "push vs np.add.at",
-                "create s"], rows),
+                "RssShmem/shard", "trainer RSS", "trainer growth", "trainer RssShmem",
+                "/dev/shm", "lookup vs np.take", "push vs np.add.at", "create s"], rows),
         "", "![memory](img/memory.png)",
     ])  # fmt: skip
 
