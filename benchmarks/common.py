@@ -237,3 +237,16 @@ def shm_bytes() -> int:
                 with contextlib.suppress(OSError):
                     total += e.stat().st_blocks * 512
     return total
+
+
+def ray_transfer_only(store) -> None:
+    """Make ``store`` move its rows through Ray's object transfer, as shards on another node
+    do: its channel is probed now with shared memory reported missing."""
+    import shardemb.transport.channel as channel
+
+    real = channel.shm_available
+    channel.shm_available = lambda: False
+    try:
+        store._channel()
+    finally:
+        channel.shm_available = real

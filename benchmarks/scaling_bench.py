@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import Context, interleaved, make_ids, summarize
+from benchmarks.common import Context, interleaved, make_ids, ray_transfer_only, summarize
 
 __all__ = ["measure", "run_scaling"]
 
@@ -48,7 +48,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _store(ctx: Context, what: str, rows: int, shards: int, transport: str):
-    import shardemb.transport.channel
     from benchmarks.lookup_bench import create_store
     from shardemb import ShardResources
 
@@ -56,13 +55,7 @@ def _store(ctx: Context, what: str, rows: int, shards: int, transport: str):
     # (several shards on one node while another stays empty), so the nodes would not count.
     store = create_store(ctx, what, rows, DIM, shards, resources=ShardResources(num_cpus=0.01))
     if transport == "object_store":
-        # Probe the channel now with shared memory reported missing: rows go through Ray.
-        real = shardemb.transport.channel.shm_available
-        shardemb.transport.channel.shm_available = lambda: False
-        try:
-            store._channel()
-        finally:
-            shardemb.transport.channel.shm_available = real
+        ray_transfer_only(store)  # rows go through Ray, as from another node
     return store
 
 

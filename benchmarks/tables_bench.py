@@ -13,6 +13,10 @@ process:
   sized to the batch and at the layer's default; ``keras.layers.Embedding`` with and
   without XLA; the floor with and without XLA;
 - ``2 x 1M x 64``: 2 tables of 1,000,000 x 64, SGD, the same variants;
+- the 26-table model's tables again with their rows moving through Ray's object transfer,
+  as shards on another node do (``ray_transfer_only``; the Ray backend only), trained in
+  the same rotation as the others, with and without XLA: what the model pays where no
+  shard shares the trainer's memory (on this one machine, without a network);
 - the sweep: 1, 2, 8, 26, 64 tables (``--quick``: up to 26) holding the same rows in all
   (2,600,000 x 16), Adagrad, ShardedEmbedding without XLA, each count trained alongside
   the 2-table model, so that "n tables / 2 tables" is paired round by round. Its 26-table
@@ -38,7 +42,7 @@ import time
 import numpy as np
 import psutil
 
-from benchmarks.common import Context, zipf_ids
+from benchmarks.common import Context, ray_transfer_only, zipf_ids
 from benchmarks.report import _table, _x
 from benchmarks.train_bench import _fit_steps, _free
 
@@ -80,6 +84,8 @@ LABELS = {"sharded": "ShardedEmbedding", "sharded_xla": "ShardedEmbedding + XLA"
           "sharded_xla_default": "ShardedEmbedding + XLA, default buffer",
           "keras": "keras Embedding", "keras_xla": "keras Embedding + XLA",
           "floor": "floor", "floor_xla": "floor + XLA"}  # fmt: skip
+#: The 26-table model's tables with rows through Ray's object transfer: variant -> XLA.
+REMOTE = {"remote": False, "remote_xla": True}
 RATIOS = [("keras", "sharded"), ("keras", "sharded_xla"), ("keras_xla", "sharded"),
           ("keras_xla", "sharded_xla"), ("keras", "sharded_default"),
           ("keras_xla", "sharded_xla_default")]  # fmt: skip
@@ -273,6 +279,7 @@ def _many(ctx: Context, s: dict, ref: dict, y, rng, bar) -> tuple[dict, list[dic
     n, rows = s["tables"], s["rows"]
     data = _data(rng, n, rows, s, s["rounds"])
     stores, create_s = _create(ctx, "many", n, rows, DIM, s["optimizer"])
+    remote: list = []
     try:
         stats = _shard_stats(ctx, stores, create_s, s["idle_s"])
         models = _variants(s, n, rows, DIM, s["optimizer"], stores)
@@ -280,14 +287,28 @@ def _many(ctx: Context, s: dict, ref: dict, y, rng, bar) -> tuple[dict, list[dic
                                  ref["stores"], s["batch"])  # fmt: skip
         models["ref_floor"] = _Variant("floor", False, REF_TABLES, ref["rows"], DIM, s["optimizer"])
         feeds = {**dict.fromkeys(VARIANTS, data), "ref": ref["data"], "ref_floor": ref["data"]}
+        if ctx.backend == "ray":
+            remote, _ = _create(ctx, "remote", n, rows, DIM, s["optimizer"])
+            for st in remote:
+                ray_transfer_only(st)
+            for v, jit in REMOTE.items():
+                models[v] = _Variant("sharded", jit, n, rows, DIM, s["optimizer"], remote,
+                                     s["batch"])  # fmt: skip
+                feeds[v] = data
         times = _interleave(models, feeds, y, s, bar)
         models = None
     finally:
-        _close(stores)
+        _close(stores + remote)
         _free()
     seconds = time.perf_counter() - t0
     case = _case("many", n, rows, DIM, s["optimizer"], times, ctx.mode == "smoke")
     case.update(startup=stats, seconds=seconds)
+    if remote:
+        pairs = (("remote", "sharded"), ("remote_xla", "sharded_xla"))
+        case["remote"] = {v: {"step_s": _step(times[v]), "floor": _floor_of(base),
+                              "vs_keras": _paired(times["keras"], times[v]),
+                              "vs_local": _paired(times[v], times[base])}
+                          for v, base in pairs}  # fmt: skip
     points = [
         _sweep_point(REF_TABLES, ref["rows"], SHARDS, ref["startup"], times, "ref", "ref_floor",
                      seconds),
@@ -358,7 +379,13 @@ def run_tables(ctx: Context) -> dict:
     rng = np.random.default_rng(14)
     y = rng.integers(0, 2, (s["batch"] * (s["steps"] + 1), 1)).astype(np.float32)
     others = [n for n in s["sweep"] if n not in (REF_TABLES, s["tables"])]
-    fits = len(VARIANTS) + 2 + 3 * len(others) + (len(VARIANTS) if s["big_rows"] else 0)
+    fits = (
+        len(VARIANTS)
+        + 2
+        + (len(REMOTE) if ctx.backend == "ray" else 0)
+        + 3 * len(others)
+        + (len(VARIANTS) if s["big_rows"] else 0)
+    )
     bar = ctx.bar(total=(s["rounds"] + 1) * fits, desc="tables")
     # The sweep's tables hold as many rows in all as the 26-table model's; its 2-table
     # model lives through the sweep, to train beside every other count.
@@ -424,6 +451,34 @@ def _case_block(c: dict) -> list[str]:
         _table(["ratio (reference / store)", "ratio", "range over rounds", "target",
                 "reference ms (above floor)", "store ms (above floor)", "store's floor ms",
                 "best possible"], ratios, "lrrlrrrr"),
+        "",
+        *_remote_block(c),
+    ]  # fmt: skip
+
+
+def _remote_block(c: dict) -> list[str]:
+    """The case's tables through Ray's object transfer (the path of shards on another
+    node), beside the same model on co-located shards."""
+    rem = c.get("remote")
+    if not rem:
+        return []
+    v = c["variants"]
+    rows = [[label, _ms(r["step_s"]), _above(r["step_s"] - v[r["floor"]]["step_s"]),
+             f"**{_x(r['vs_keras']['ratio'])}**",
+             f"{_x(r['vs_keras']['lo'])} - {_x(r['vs_keras']['hi'])}",
+             f"{_x(r['vs_local']['ratio'])}"]
+            for label, r in (("ShardedEmbedding, Ray transfer", rem["remote"]),
+                             ("ShardedEmbedding + XLA, Ray transfer", rem["remote_xla"]))
+            ]  # fmt: skip
+    return [
+        "**The same tables, rows through Ray's object transfer** (as for shards on another "
+        "node; here on the same machine, so without a network): the store's channel is "
+        "probed with shared memory reported missing, so lookups and pushes travel as Ray "
+        "objects, in the same rotation as the variants above. `/ co-located`: its step / "
+        "the co-located variant's of the same `jit_compile` (paired; above 1x it is slower).",
+        "",
+        _table(["variant", "step ms", "above floor", "keras Embedding / it",
+                "range over rounds", "/ co-located"], rows),
         "",
     ]  # fmt: skip
 
