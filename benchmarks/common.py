@@ -228,12 +228,12 @@ def fmt_rate(x: float) -> str:
 def shm_bytes() -> int:
     """Bytes of ``/dev/shm`` held by shardemb's files (shared rows and request buffers), as
     allocated (a reserved file counts in full)."""
-    from shardemb.transport.shm import SHM_DIR
+    from shardemb.transport.shm import _PREFIX, SHM_DIR
 
     total = 0
     with os.scandir(SHM_DIR) as entries:
         for e in entries:
-            if e.name.startswith("shardemb-"):
+            if e.name.startswith(_PREFIX):
                 with contextlib.suppress(OSError):
                     total += e.stat().st_blocks * 512
     return total

@@ -115,22 +115,8 @@ class RowReader:
 
     def take(self, local: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The rows ``local``, none torn: gathered between two equal, even versions."""
-        deadline = None
-        while True:
-            before = int(self.header[VERSION])
-            if not before & 1:
-                # mode="clip": with out= and the default "raise", numpy gathers into a
-                # temporary first (the rows were checked by the router's partition).
-                rows = np.take(self.rows, local, axis=0, out=out, mode="clip")
-                if int(self.header[VERSION]) == before:
-                    return rows
-            deadline = deadline or time.monotonic() + self.WAIT_S
-            if time.monotonic() > deadline:
-                raise ShardTimeoutError(
-                    f"A shard's rows stayed locked by a writer for over {self.WAIT_S} s "
-                    f"(segment {self.segment.name!r})."
-                )
-            time.sleep(0)
+        return _gather_unlocked(self.rows, local, out, [self.header],
+                                f"segment {self.segment.name!r}")  # fmt: skip
 
     def close(self, *, unlink: bool = False) -> None:
         """Unmap; with ``unlink``, also remove the file (its shard is gone)."""
@@ -192,20 +178,7 @@ class JoinedRows:
     def take(self, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``index`` (``starts[shard] + local``), none torn: one gather between two
         equal, even versions of every shard."""
-        deadline = None
-        while True:
-            before = [int(h[VERSION]) for h in self.headers]
-            if not any(v & 1 for v in before):
-                rows = np.take(self.rows, index, axis=0, out=out, mode="clip")
-                if all(int(h[VERSION]) == v for h, v in zip(self.headers, before, strict=True)):
-                    return rows
-            deadline = deadline or time.monotonic() + RowReader.WAIT_S
-            if time.monotonic() > deadline:
-                raise ShardTimeoutError(
-                    f"A shard's rows stayed locked by a writer for over {RowReader.WAIT_S} s "
-                    f"(segments {list(self.names)})."
-                )
-            time.sleep(0)
+        return _gather_unlocked(self.rows, index, out, self.headers, f"segments {list(self.names)}")
 
     def close(self) -> None:
         """Unmap (no view of the mapping is left: :meth:`take` returns copies)."""
@@ -213,6 +186,27 @@ class JoinedRows:
             self.rows, self.headers = None, []
             _munmap(self._base, self._size)
             self._base = None
+
+
+def _gather_unlocked(rows, index, out, headers, what: str) -> np.ndarray:
+    """``rows[index]`` as a seqlock reader of ``headers``: gathered while every version is
+    even, and again until none moved meanwhile; :class:`ShardTimeoutError` after
+    :attr:`RowReader.WAIT_S` of writers."""
+    deadline = None
+    while True:
+        before = [int(h[VERSION]) for h in headers]
+        if not any(v & 1 for v in before):
+            # mode="clip": with out= and the default "raise", numpy gathers into a
+            # temporary first (the rows were checked by the router's partition).
+            got = np.take(rows, index, axis=0, out=out, mode="clip")
+            if all(int(h[VERSION]) == v for h, v in zip(headers, before, strict=True)):
+                return got
+        deadline = deadline or time.monotonic() + RowReader.WAIT_S
+        if time.monotonic() > deadline:
+            raise ShardTimeoutError(
+                f"A shard's rows stayed locked by a writer for over {RowReader.WAIT_S} s ({what})."
+            )
+        time.sleep(0)
 
 
 _PROT_NONE, _PROT_READ = 0, 1
