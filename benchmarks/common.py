@@ -42,7 +42,7 @@ class Context:
     """One benchmark run: its size mode, where shards run, and where results go."""
 
     mode: str
-    """``"smoke"`` (seconds, for the test), ``"quick"`` (about two minutes) or ``"full"``."""
+    """``"smoke"`` (seconds, for the test), ``"quick"`` (about 12 minutes) or ``"full"``."""
     backend: str = "ray"
     """``"ray"`` or ``"inprocess"`` (no actors: only the smoke test uses it)."""
     address: str | None = None

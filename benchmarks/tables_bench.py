@@ -13,6 +13,10 @@ process:
   sized to the batch and at the layer's default; ``keras.layers.Embedding`` with and
   without XLA; the floor with and without XLA;
 - ``2 x 1M x 64``: 2 tables of 1,000,000 x 64, SGD, the same variants;
+- ``2 x 10M x 64``: 2 tables of 10,000,000 x 64, SGD: ShardedEmbedding with and without
+  XLA, Keras with XLA, and the floors (Keras without XLA reads its whole 2.56 GB table
+  every step; it is left out). Skipped, with a note, when Keras's tables and the shards'
+  rows would not fit in the memory available;
 - the 26-table model's tables again with their rows moving through Ray's object transfer,
   as shards on another node do (``ray_transfer_only``; the Ray backend only), trained in
   the same rotation as the others, with and without XLA: what the model pays where no
@@ -49,15 +53,16 @@ from benchmarks.train_bench import _fit_steps, _free
 __all__ = ["block_tables", "run_tables"]
 
 SIZES = {
-    # --smoke: no 2 x 1M x 64 model (its code is the 26-table one's), and SGD.
+    # --smoke: no 2 x 1M or 10M x 64 model (their code is the 26-table one's), and SGD.
     "smoke": {"tables": 4, "rows": 1_000, "optimizer": "sgd", "big_rows": None, "big_dim": 8,
-              "sweep": [2, 4], "batch": 256, "steps": 2, "rounds": 1, "idle_s": 0.5},
+              "huge_rows": None, "sweep": [2, 4], "batch": 256, "steps": 2, "rounds": 1,
+              "idle_s": 0.5},
     "quick": {"tables": 26, "rows": 100_000, "optimizer": "adagrad", "big_rows": 1_000_000,
-              "big_dim": 64, "sweep": [1, 2, 8, 26], "batch": 4096, "steps": 4, "rounds": 2,
-              "idle_s": 3.0},
+              "big_dim": 64, "huge_rows": 10_000_000, "sweep": [1, 2, 8, 26], "batch": 4096,
+              "steps": 4, "rounds": 2, "idle_s": 3.0},
     "full": {"tables": 26, "rows": 100_000, "optimizer": "adagrad", "big_rows": 1_000_000,
-             "big_dim": 64, "sweep": [1, 2, 8, 26, 64], "batch": 4096, "steps": 6, "rounds": 3,
-             "idle_s": 5.0},
+             "big_dim": 64, "huge_rows": 10_000_000, "sweep": [1, 2, 8, 26, 64], "batch": 4096,
+             "steps": 6, "rounds": 3, "idle_s": 5.0},
 }  # fmt: skip
 DIM = 16
 DENSE = 13
@@ -67,9 +72,9 @@ LEARNING_RATE = 0.05
 FLOOR_ROWS = 1000
 REF_TABLES = 2  # the sweep's reference point: "n tables / 2 tables"
 #: From issue 14 (none at --smoke sizes). Ratios: reference / store; the sweep: at most.
-#: Roles: ``many`` is the 26-table model, ``big`` the 2 x 1M x 64 one.
+#: Roles: ``many`` is the 26-table model, ``big`` the 2 x 1M x 64 one, ``huge`` 2 x 10M x 64.
 TARGETS = {("many", "keras"): 2.0, ("many", "keras_xla"): 1.5, ("big", "keras_xla"): 1.0,
-           "sweep": 1.5}  # fmt: skip
+           ("huge", "keras_xla"): 1.0, "sweep": 1.5}  # fmt: skip
 #: Variant -> (table kind, jit_compile, step buffer sized to the batch). ``floor*`` are
 #: the 1,000-row Keras tables. ShardedEmbedding's step buffer (``max_ids_per_step``) is
 #: sized to the batch (the most distinct ids a single-hot feature has per step), and also
@@ -89,6 +94,12 @@ REMOTE = {"remote": False, "remote_xla": True}
 RATIOS = [("keras", "sharded"), ("keras", "sharded_xla"), ("keras_xla", "sharded"),
           ("keras_xla", "sharded_xla"), ("keras", "sharded_default"),
           ("keras_xla", "sharded_xla_default")]  # fmt: skip
+#: The variants of the 2 x 10M x 64 model: Keras without XLA (about half a second a step:
+#: it reads the whole table) and the default buffer are left out, to keep the run short.
+HUGE = ("sharded", "sharded_xla", "keras_xla", "floor", "floor_xla")
+#: Bytes a 2 x 10M x 64 comparison holds (Keras's tables + the shards' rows), times this,
+#: must be available, else the case is skipped with a note.
+HUGE_MARGIN = 1.3
 
 
 def _floor_of(variant: str) -> str:
@@ -151,10 +162,11 @@ class _Variant:
         return steps
 
 
-def _variants(s: dict, tables: int, rows: int, dim: int, optimizer: str, stores: list) -> dict:
+def _variants(s: dict, tables: int, rows: int, dim: int, optimizer: str, stores: list,
+              only=VARIANTS) -> dict:  # fmt: skip
     return {v: _Variant(kind, jit, tables, rows, dim, optimizer, stores,
                         s["batch"] if sized else None)
-            for v, (kind, jit, sized) in VARIANTS.items()}  # fmt: skip
+            for v, (kind, jit, sized) in VARIANTS.items() if v in only}  # fmt: skip
 
 
 def _data(rng, tables: int, rows: int, s: dict, rounds: int) -> list[dict]:
@@ -246,12 +258,12 @@ def _paired(ref: list[list[float]], store: list[list[float]]) -> dict:
 def _case(role: str, tables: int, rows: int, dim: int, optimizer: str, times: dict,
           smoke: bool) -> dict:  # fmt: skip
     variants = {}
-    for v in VARIANTS:
+    for v in (v for v in VARIANTS if v in times):
         step, floor = _step(times[v]), _step(times[_floor_of(v)])
         variants[v] = {"step_s": step, "steps_per_s": 1.0 / step, "floor": _floor_of(v),
                        "above_floor_s": step - floor, "x_floor": step / floor}  # fmt: skip
     ratios = []
-    for ref, store in RATIOS:
+    for ref, store in (r for r in RATIOS if r[0] in times and r[1] in times):
         target = None if smoke else TARGETS.get((role, ref))
         r = _paired(times[ref], times[store])
         best = variants[ref]["step_s"] / _step(times[_floor_of(store)])
@@ -355,23 +367,35 @@ def _sweep_at(ctx: Context, n: int, s: dict, ref: dict, seen: dict, y, rng, bar)
                         time.perf_counter() - t0, note)  # fmt: skip
 
 
-def _big(ctx: Context, s: dict, y, rng, bar) -> dict:
-    """2 tables of 1M x 64 with SGD (the issue's other model), every variant."""
+def _big(ctx: Context, s: dict, y, rng, bar, role: str = "big", only=VARIANTS) -> dict:
+    """2 tables of ``rows x 64`` with SGD (the issue's other models: 1M rows as ``big``,
+    10M as ``huge``), the variants ``only``."""
     t0 = time.perf_counter()
-    rows, dim = s["big_rows"], s["big_dim"]
+    rows, dim = s[f"{role}_rows"], s["big_dim"]
     data = _data(rng, REF_TABLES, rows, s, s["rounds"])
-    stores, create_s = _create(ctx, "big", REF_TABLES, rows, dim, "sgd")
+    stores, create_s = _create(ctx, role, REF_TABLES, rows, dim, "sgd")
     try:
         stats = _shard_stats(ctx, stores, create_s, 0.0)
-        models = _variants(s, REF_TABLES, rows, dim, "sgd", stores)
-        times = _interleave(models, dict.fromkeys(VARIANTS, data), y, s, bar)
+        models = _variants(s, REF_TABLES, rows, dim, "sgd", stores, only)
+        times = _interleave(models, dict.fromkeys(models, data), y, s, bar)
         models = None
     finally:
         _close(stores)
         _free()
-    case = _case("big", REF_TABLES, rows, dim, "sgd", times, ctx.mode == "smoke")
+    case = _case(role, REF_TABLES, rows, dim, "sgd", times, ctx.mode == "smoke")
     case.update(startup=stats, seconds=time.perf_counter() - t0)
     return case
+
+
+def _huge_skipped(s: dict) -> str:
+    """Why the 2 x 10M x 64 model cannot run now ("" when it can): Keras's tables and the
+    shards' rows must fit in the memory available, with a margin."""
+    need = 2 * REF_TABLES * s["huge_rows"] * s["big_dim"] * 4 * HUGE_MARGIN
+    avail = psutil.virtual_memory().available
+    if need <= avail:
+        return ""
+    return (f"2 x {s['huge_rows']:,} x {s['big_dim']} skipped: it needs about "
+            f"{need / 1e9:.1f} GB, {avail / 1e9:.1f} GB available")  # fmt: skip
 
 
 def run_tables(ctx: Context) -> dict:
@@ -385,6 +409,7 @@ def run_tables(ctx: Context) -> dict:
         + (len(REMOTE) if ctx.backend == "ray" else 0)
         + 3 * len(others)
         + (len(VARIANTS) if s["big_rows"] else 0)
+        + (len(HUGE) if s["huge_rows"] else 0)
     )
     bar = ctx.bar(total=(s["rounds"] + 1) * fits, desc="tables")
     # The sweep's tables hold as many rows in all as the 26-table model's; its 2-table
@@ -401,6 +426,9 @@ def run_tables(ctx: Context) -> dict:
         _close(ref["stores"])
         _free()
     cases = [many, _big(ctx, s, y, rng, bar)] if s["big_rows"] else [many]
+    skipped = _huge_skipped(s) if s["huge_rows"] else ""
+    if s["huge_rows"] and not skipped:
+        cases.append(_big(ctx, s, y, rng, bar, "huge", HUGE))
     bar.close()
     sweep.sort(key=lambda p: p["tables"])
     at = next(p for p in sweep if p["tables"] == s["tables"])
@@ -408,7 +436,7 @@ def run_tables(ctx: Context) -> dict:
             "shards_per_table": SHARDS, "learning_rate": LEARNING_RATE,
             "floor_rows": FLOOR_ROWS, "rounds": s["rounds"], "steps_per_round": s["steps"],
             "max_ids_per_step": s["batch"], "startup": many["startup"],
-            "cases": cases,
+            "cases": cases, "skipped": [skipped] if skipped else [],
             "sweep": {"total_rows": s["tables"] * s["rows"], "dim": DIM, "ref": REF_TABLES,
                       "optimizer": s["optimizer"],
                       "points": sweep, "at": s["tables"], "ratio": at["vs_ref"]["ratio"],
@@ -537,6 +565,7 @@ def block_tables(r: dict, meta: dict) -> str:
         "reference step / the store's floor. Measured by benchmarks/tables_bench.py.", "",
         _startup_line(r["startup"]), "",
         *[line for c in r["cases"] for line in _case_block(c)],
+        *[f"{note}.\n" for note in r.get("skipped", [])],
         f"**Table-count sweep** (ShardedEmbedding, `jit_compile=False`): {sw['total_rows']:,} "
         f"rows x {sw['dim']} in all, split evenly, {sw['optimizer']}; each count trains beside the "
         f"{sw['ref']}-table model, and `/ {sw['ref']} tables` is the paired ratio of step "

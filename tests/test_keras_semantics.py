@@ -269,6 +269,55 @@ def test_jit_compile_mixed_float16_and_shared_layer(mixed_float16, init, rng):
     np.testing.assert_allclose(_table(emb), _table(ref_emb), atol=2e-3)
 
 
+class _TrainingIds(keras.layers.Layer):
+    """Ids as given, except in training: reversed along the sequence (``shift=0``), or
+    moved by ``shift``. So the compiled step reads other ids than the feeder saw."""
+
+    def __init__(self, shift=0, **kwargs):
+        super().__init__(**kwargs)
+        self.shift = shift
+
+    def call(self, ids, training=None):
+        if not training:
+            return ids
+        return (ids + self.shift) % V if self.shift else tf.reverse(ids, [1])
+
+
+def _models_through(init, shift):
+    """keras.layers.Embedding and ShardedEmbedding behind a :class:`_TrainingIds`."""
+    built = []
+    for emb in (
+        keras.layers.Embedding(V, D, weights=[init]),
+        ShardedEmbedding(V, D, weights=[init], backend="inprocess"),
+    ):
+        ids = keras.Input((SEQ,), dtype="int64")
+        x = keras.layers.Flatten()(emb(_TrainingIds(shift)(ids)))
+        built.append((keras.Model(ids, keras.layers.Dense(1)(x)), emb))
+    (ref, ref_emb), (model, emb) = built
+    model.layers[-1].set_weights(ref.layers[-1].get_weights())
+    return ref, ref_emb, model, emb
+
+
+def test_jit_compile_ids_in_another_order_than_fed_are_searched(init, rng):
+    # The feeder computes the ids outside training (in order), the compiled step in
+    # training (reversed): their slots cannot be read by position and are searched.
+    ref, ref_emb, model, emb = _models_through(init, shift=0)
+    x, y = _distinct_batches(rng, steps=4, batch=4)
+    _fit_both(ref, model, lambda: keras.optimizers.SGD(0.05), x, y, batch=4, jit_compile=True)
+    assert np.abs(_table(ref_emb) - init).max() > 1e-4
+    np.testing.assert_allclose(_table(emb), _table(ref_emb), atol=1e-6, rtol=1e-6)
+
+
+def test_jit_compile_ids_that_were_not_fed_raise(init, rng):
+    _, _, model, emb = _models_through(init, shift=1)
+    x, y = _distinct_batches(rng, steps=1, batch=4)
+    x = (x // 2) * 2  # even ids fed; the compiled step reads odd ones
+    model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=True)
+    with pytest.raises((shardemb.errors.InvalidIdsError, tf.errors.OpError), match="not fed"):
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_array_equal(_table(emb), init)  # nothing was pushed
+
+
 def test_jit_compile_subclassed_model_runs_uncompiled_with_warning(init, rng):
     class Tower(keras.Model):
         def __init__(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NUMPY_OPS", "ArrayOps", "segment_sum"]
+__all__ = ["NUMPY_OPS", "ArrayOps", "segment_sum", "unique_inverse"]
 
 
 class ArrayOps:
@@ -41,6 +41,42 @@ def segment_sum(segments: np.ndarray, values: np.ndarray, num_segments: int) -> 
     cells += _column_offsets(width, segments.size)
     np.add.at(out, cells, values.reshape(-1))
     return out.reshape((num_segments, *values.shape[1:]))
+
+
+def unique_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(ids, return_inverse=True)`` for 1-D int64 ``ids``, the same arrays.
+
+    Where every id is non-negative and small enough to share an int64 with its position,
+    ``(id << bits) | position`` is sorted instead: a plain sort of one array, about three
+    times faster than the ``argsort`` that ``np.unique`` runs (the position keeps equal
+    ids in order and gives the permutation back). Other ids (hashed keys) take
+    ``np.unique``.
+
+    Example:
+        >>> uniq, inverse = unique_inverse(np.array([7, 3, 7, 5]))
+        >>> uniq.tolist(), inverse.tolist()
+        ([3, 5, 7], [2, 0, 2, 1])
+    """
+    n = ids.size
+    if ids.dtype != np.int64 or ids.ndim != 1:
+        return np.unique(ids, return_inverse=True)
+    if n < 2:
+        return ids.copy(), np.zeros(n, np.int64)
+    bits = (n - 1).bit_length()
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= 1 << (63 - bits):
+        return np.unique(ids, return_inverse=True)
+    keys = ids << bits
+    keys |= np.arange(n, dtype=np.int64)
+    keys.sort()
+    perm = keys & ((1 << bits) - 1)
+    keys >>= bits  # the ids, sorted
+    first = np.empty(n, bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    inverse = np.empty(n, np.int64)
+    inverse[perm] = np.cumsum(first) - 1
+    return keys[first], inverse
 
 
 _OFFSETS: dict[int, np.ndarray] = {}

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from shardemb.core.arrays import unique_inverse
 from shardemb.core.keys import hash_strings
 from shardemb.errors import CapacityError
 
@@ -60,7 +61,7 @@ class StepSlots:
         """Slots for ``flat_ids`` (1-D int64): ``(slot of each id, slots given out now,
         the ids given those slots)``; ids that already hold a slot keep it. Raises
         :class:`CapacityError` (and changes nothing) when the new ids do not fit."""
-        uniq, inverse = np.unique(flat_ids, return_inverse=True)
+        uniq, inverse = unique_inverse(flat_ids)
         if self.used == 0 and uniq.size <= self.capacity:
             # A step's first forward pass (the usual case): every id is new and the
             # slots go out in id order, so the window's sorted view is known already.

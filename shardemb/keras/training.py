@@ -81,11 +81,25 @@ class StepBuffer:
         """Inside a compiled step: the rows the feeder put in the step buffer."""
         fed = self._fed
         cap = self._slots.capacity
-        pos = lower_bound(fed.sorted_ids, flat)
-        # Beyond `used` is padding (NOT_AN_ID), which a dynamic table's key may equal.
-        found = tf.equal(tf.gather(fed.sorted_ids, pos), flat) & (pos < fed.used)
-        fed.missed.assign_add(tf.reduce_sum(tf.cast(~found, "int64")))
-        slots = tf.gather(fed.sorted_slots, pos)
+        n = tf.size(flat, out_type="int64")
+        # The feeder wrote each position's slot (fed.pos) beside the ids it saw (fed.flat):
+        # where this call reads those very ids, its slots are one gather. Otherwise (the
+        # layer called on other ids, or more of them) each id's slot is searched for.
+        at = tf.minimum(tf.range(n), fed.span - 1)
+        same = tf.equal(fed.n, n) & tf.reduce_all(tf.equal(tf.gather(fed.flat, at), flat))
+
+        def fed_slots():
+            return tf.gather(fed.pos, at), tf.constant(0, "int64")
+
+        def searched_slots():
+            pos = lower_bound(fed.sorted_ids, flat)
+            # Beyond `used` is padding (NOT_AN_ID), which a dynamic table's key may equal.
+            found = tf.equal(tf.gather(fed.sorted_ids, pos), flat) & (pos < fed.used)
+            missed = tf.reduce_sum(tf.cast(~found, "int64"))
+            return tf.gather(fed.sorted_slots, pos), missed
+
+        slots, missed = tf.cond(same, fed_slots, searched_slots)
+        fed.missed.assign_add(missed)
         buffer = self._step_rows.value
         if self.embeddings_regularizer is not None:
             # XLA has no tf.unique: the buffer with the rows this batch does not read
@@ -94,17 +108,22 @@ class StepBuffer:
             self._regularize(buffer * tf.cast(used, buffer.dtype)[:, None])
         return tf.gather(buffer, slots)
 
-    def _feed_np(self, new_slots: np.ndarray, new_ids: np.ndarray):
-        """The feeder's outputs for the ids :meth:`_assign_np` gave slots: their rows, and
-        the window's sorted ids and slots, padded."""
+    def _feed_np(self, pos: np.ndarray, new_slots: np.ndarray, new_ids: np.ndarray, one: bool):
+        """The feeder's outputs for the ids :meth:`_assign_np` gave slots: their rows, the
+        window's sorted ids and slots (padded), and the slot of each position (``pos``,
+        cut to the room the compiled step reads them from) with their count, or -1 when
+        the compiled step must search instead (they do not all fit, or the layer has
+        several calls: ``one`` is False)."""
         rows = self.store.lookup(new_ids, dedup=False)
-        size = self._fed.size
+        fed = self._fed
         ids, slots = self._slots.sorted_view()
-        sorted_ids = np.full(size, NOT_AN_ID, np.int64)
+        sorted_ids = np.full(fed.size, NOT_AN_ID, np.int64)
         sorted_ids[: ids.size] = ids
-        sorted_slots = np.zeros(size, np.int64)
+        sorted_slots = np.zeros(fed.size, np.int64)
         sorted_slots[: slots.size] = slots
-        return new_slots, rows, sorted_ids, sorted_slots, np.int64(self._slots.used)
+        n = np.int64(pos.size if one and pos.size <= fed.span else -1)
+        return (new_slots, rows, sorted_ids, sorted_slots, np.int64(self._slots.used),
+                pos[: fed.span], n)  # fmt: skip
 
     def _fed_take(self, applied, missed, grads):
         """After a compiled step: ``(ids, grads)`` of what the optimizer applied (the rows

@@ -8,11 +8,13 @@ compiled step there (``TensorFlowTrainer._autoconvert_optionals``) with a *feede
 
 1. before the step, the feeder computes each sharded layer's ids from the batch (a
    sub-model from the model's inputs to the layers' inputs, uncompiled), gives them slots
-   in the layer's step buffer, copies their rows in from the store, and writes the sorted
-   ids and their slots into two small variables;
-2. the compiled step finds each id's slot by ``tf.searchsorted`` and gathers from the step
-   buffer; where the optimizer applies the buffer's gradient, the gradient is written into
-   a capture variable and a counter moves;
+   in the layer's step buffer, copies their rows in from the store, and writes the ids it
+   saw with the slot of each, and the window's sorted ids with theirs, into small variables;
+2. the compiled step reads each position's slot where it sees the ids the feeder saw (one
+   gather), and otherwise finds each id's slot by binary search in the sorted ids
+   (:func:`~shardemb.keras.training.lower_bound`); then it gathers from the step buffer.
+   Where the optimizer applies the buffer's gradient, the gradient is written into a
+   capture variable and a counter moves;
 3. after the step, the feeder pushes the captured gradient to the store (only if the
    optimizer applied it: a skipped or accumulating step pushes nothing).
 
@@ -53,6 +55,13 @@ class _Fed:
         self.sorted_ids = tf.Variable(np.full(self.size, NOT_AN_ID, np.int64), trainable=False)
         self.sorted_slots = tf.Variable(np.zeros(self.size, np.int64), trainable=False)
         self.used = tf.Variable(np.int64(0), trainable=False)
+        # This step's ids as the feeder saw them, and each one's slot: the compiled step
+        # reads its slots from here when it finds the same ids (room for twice the buffer:
+        # duplicates, multi-hot features). `n`: how many, or -1.
+        self.span = 2 * self.size
+        self.flat = tf.Variable(np.full(self.span, NOT_AN_ID, np.int64), trainable=False)
+        self.pos = tf.Variable(np.zeros(self.span, np.int64), trainable=False)
+        self.n = tf.Variable(np.int64(-1), trainable=False)
         self.grads = tf.Variable(np.zeros((cap, dim), dtype), trainable=False)
         self.applied = tf.Variable(np.int64(0), trainable=False)
         self.missed = tf.Variable(np.int64(0), trainable=False)
@@ -108,13 +117,15 @@ class Feeder:
         x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data)
         ids = self.extractor(x)
         ids = ids if isinstance(ids, list | tuple) else [ids]
-        flats, dtypes = [], []
+        flats, dtypes, one = [], [], []
         for layer in self.layers:
             flat = [
                 _flat_ids(t) for t, owner in zip(ids, self.owners, strict=True) if owner is layer
             ]
             flats.append(tf.concat(flat, 0) if len(flat) > 1 else flat[0])
-            dtypes += ["int64", layer.store.config.dtype, "int64", "int64", "int64"]
+            one.append(len(flat) == 1)
+            dtypes += ["int64", layer.store.config.dtype, "int64", "int64", "int64", "int64",
+                       "int64"]  # fmt: skip
         layers = list(self.layers)
 
         def feed(*arrays):
@@ -122,9 +133,9 @@ class Feeder:
             try:
                 # Every layer's slots first, then the rows: the lookups wait for the
                 # previous step's pushes, which the shards apply meanwhile.
-                given = [layer._assign_np(a)[1:] for layer, a in zip(layers, arrays, strict=True)]
-                return [out for layer, g in zip(layers, given, strict=True)
-                        for out in layer._feed_np(*g)]  # fmt: skip
+                given = [layer._assign_np(a) for layer, a in zip(layers, arrays, strict=True)]
+                return [out for layer, g, o in zip(layers, given, one, strict=True)
+                        for out in layer._feed_np(*g, o)]  # fmt: skip
             except BaseException:
                 for layer, state in zip(layers, saved, strict=True):
                     layer._slots.restore(state)  # no layer keeps this failed step's slots
@@ -132,13 +143,18 @@ class Feeder:
 
         fed_all = tf.numpy_function(feed, flats, dtypes, stateful=True)
         for i, layer in enumerate(layers):
-            new_slots, new_rows, sorted_ids, sorted_slots, used = fed_all[5 * i : 5 * i + 5]
+            new_slots, new_rows, sorted_ids, sorted_slots, used, pos, n = fed_all[7 * i : 7 * i + 7]
             new_rows.set_shape([None, layer.output_dim])
             fed = layer._fed
             layer._step_rows.value.scatter_update(tf.IndexedSlices(new_rows, new_slots))
             fed.sorted_ids.assign(tf.reshape(sorted_ids, [fed.size]))
             fed.sorted_slots.assign(tf.reshape(sorted_slots, [fed.size]))
             fed.used.assign(tf.reshape(used, []))
+            pos = tf.reshape(pos, [-1])
+            k = tf.size(pos)  # at most fed.span
+            fed.pos[:k].assign(pos)
+            fed.flat[:k].assign(flats[i][:k])
+            fed.n.assign(tf.reshape(n, []))
 
     def after(self) -> None:
         """After the compiled step: push every layer's applied gradient, in one exchange."""
