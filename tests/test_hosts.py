@@ -57,17 +57,25 @@ def _kill(pid: int) -> None:
 
 @pytest.fixture
 def grouped(ray_session, table_name):
-    """Three Adam tables in one group and three with actors of their own, same seeds."""
+    """Three Adam tables in one group: ``(group, tables, table_name)``."""
     group = f"g-{table_name}"
     tables = _tables(f"{table_name}-h", 3, group)
-    plain = _tables(f"{table_name}-p", 3, None)
-    yield group, tables, plain
-    for t in tables + plain:
+    yield group, tables, table_name
+    for t in tables:
         t.close()
 
 
-def test_grouped_tables_share_num_shards_processes_and_train_bit_identically(grouped, rng):
-    group, tables, plain = grouped
+@pytest.fixture
+def plain(grouped):
+    """Three tables like ``grouped``'s (same seeds), each with actors of its own."""
+    tables = _tables(f"{grouped[2]}-p", 3, None)
+    yield tables
+    for t in tables:
+        t.close()
+
+
+def test_grouped_tables_share_num_shards_processes_and_train_bit_identically(grouped, plain, rng):
+    group, tables, _ = grouped
     pids = [[p["pid"] for p in t.placement()] for t in tables]
     assert pids[0] == pids[1] == pids[2] and len(set(pids[0])) == 2  # 2 processes for 3
     for step in _steps(rng, 3, 6):
