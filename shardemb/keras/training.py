@@ -110,10 +110,9 @@ class StepBuffer:
 
     def _feed_np(self, pos: np.ndarray, new_slots: np.ndarray, new_ids: np.ndarray, one: bool):
         """The feeder's outputs for the ids :meth:`_assign_np` gave slots: their rows, the
-        window's sorted ids and slots (padded), and the slot of each position (``pos``,
-        cut to the room the compiled step reads them from) with their count, or -1 when
-        the compiled step must search instead (they do not all fit, or the layer has
-        several calls: ``one`` is False)."""
+        window's sorted ids and slots (padded), and the slot of each position (``pos``)
+        with their count; or no positions and -1 when the compiled step must search
+        instead (they do not all fit, or the layer has several calls: ``one`` is False)."""
         rows = self.store.lookup(new_ids, dedup=False)
         fed = self._fed
         ids, slots = self._slots.sorted_view()
@@ -121,9 +120,9 @@ class StepBuffer:
         sorted_ids[: ids.size] = ids
         sorted_slots = np.zeros(fed.size, np.int64)
         sorted_slots[: slots.size] = slots
-        n = np.int64(pos.size if one and pos.size <= fed.span else -1)
+        usable = one and pos.size <= fed.span
         return (new_slots, rows, sorted_ids, sorted_slots, np.int64(self._slots.used),
-                pos[: fed.span], n)  # fmt: skip
+                pos if usable else pos[:0], np.int64(pos.size if usable else -1))  # fmt: skip
 
     def _fed_take(self, applied, missed, grads):
         """After a compiled step: ``(ids, grads)`` of what the optimizer applied (the rows

@@ -151,7 +151,7 @@ class Feeder:
             fed.sorted_slots.assign(tf.reshape(sorted_slots, [fed.size]))
             fed.used.assign(tf.reshape(used, []))
             pos = tf.reshape(pos, [-1])
-            k = tf.size(pos)  # at most fed.span
+            k = tf.size(pos)  # at most fed.span; none where the step must search
             fed.pos[:k].assign(pos)
             fed.flat[:k].assign(flats[i][:k])
             fed.n.assign(tf.reshape(n, []))
