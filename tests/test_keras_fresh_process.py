@@ -46,7 +46,15 @@ def _run(script: str, *args: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "imports", ["import shardemb\nimport keras", "import keras\nimport shardemb"]
+    "imports",
+    [
+        "import shardemb\nimport keras",
+        "import keras\nimport shardemb",
+        # A module of the package first: it imports Keras, which imports the layer, which
+        # imports that module again (a half-done circular import, unless the layer comes first).
+        "import shardemb.keras.xla\nimport keras",
+        "import shardemb.keras.training\nimport keras",
+    ],
 )
 def test_load_model_in_a_fresh_process(tmp_path, imports):
     path, saved, loaded = (str(tmp_path / n) for n in ("m.keras", "saved.npy", "loaded.npy"))

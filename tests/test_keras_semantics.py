@@ -308,6 +308,19 @@ def test_jit_compile_ids_in_another_order_than_fed_are_searched(init, rng):
     np.testing.assert_allclose(_table(emb), _table(ref_emb), atol=1e-6, rtol=1e-6)
 
 
+def test_jit_compile_search_reads_only_this_steps_ids(init, rng):
+    # The sorted ids beyond this step's lie there from a larger step before: the search
+    # must not read them (unsorted after this step's, they would hide id 63).
+    ref, ref_emb, model, emb = _models_through(init, shift=0)
+    first = rng.permutation(np.arange(20, 62))[:12].reshape(4, SEQ)
+    second = np.tile([62, 63, 63], (4, 1))  # reversed in training: searched
+    x = np.concatenate([first, second]).astype(np.int64)
+    y = rng.normal(size=(8, 1)).astype(np.float32)
+    _fit_both(ref, model, lambda: keras.optimizers.SGD(0.05), x, y, batch=4, jit_compile=True)
+    assert np.abs(_table(ref_emb)[63] - init[63]).max() > 1e-4
+    np.testing.assert_allclose(_table(emb), _table(ref_emb), atol=1e-6, rtol=1e-6)
+
+
 def test_jit_compile_ids_that_were_not_fed_raise(init, rng):
     _, _, model, emb = _models_through(init, shift=1)
     x, y = _distinct_batches(rng, steps=1, batch=4)

@@ -122,7 +122,9 @@ def test_third_party_imports_stay_in_their_layer(name):
 
 
 def test_no_import_cycles():
-    edges = GRAPH
+    # A module's own packages are not a cycle: Python runs a package's __init__ before any
+    # of its modules (shardemb.keras imports its layer first, and the layer its siblings).
+    edges = {m: {d for d in ds if not m.startswith(d + ".")} for m, ds in GRAPH.items()}
     state: dict[str, int] = {}
     stack: list[str] = []
 

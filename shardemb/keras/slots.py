@@ -56,6 +56,9 @@ class StepSlots:
         # Sorted ids of the window and their slots, for finding an id's slot by bisection.
         self._sorted = np.empty(0, dtype=np.int64)
         self._sorted_slots = np.empty(0, dtype=np.int64)
+        #: True where slot i surely holds the window's i-th smallest id (its slots went out
+        #: in one first pass, in id order): the push then needs no reordering.
+        self.in_id_order = True
 
     def assign(self, flat_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Slots for ``flat_ids`` (1-D int64): ``(slot of each id, slots given out now,
@@ -69,6 +72,7 @@ class StepSlots:
             self._ids[: uniq.size] = uniq
             self.used = uniq.size
             self._sorted, self._sorted_slots = uniq, new_slots
+            self.in_id_order = True
             return new_slots[inverse.reshape(-1)], new_slots, uniq
         where = np.searchsorted(self._sorted, uniq)
         where_c = np.minimum(where, max(self._sorted.size - 1, 0))
@@ -89,6 +93,7 @@ class StepSlots:
         uniq_slots[known] = self._sorted_slots[where_c[known]]
         uniq_slots[~known] = new_slots
         if new_ids.size:
+            self.in_id_order = False
             self._sorted = uniq if not self._sorted.size else np.union1d(self._sorted, uniq)
             order = np.searchsorted(self._sorted, self._ids[: self.used])
             self._sorted_slots = np.empty(self.used, dtype=np.int64)
@@ -110,17 +115,18 @@ class StepSlots:
 
     def snapshot(self) -> tuple:
         """The window's state, for :meth:`restore` when a lookup that followed failed."""
-        return self.used, self._sorted, self._sorted_slots
+        return self.used, self._sorted, self._sorted_slots, self.in_id_order
 
     def restore(self, state: tuple) -> None:
         """Undo the :meth:`assign` calls since ``state`` was taken."""
-        self.used, self._sorted, self._sorted_slots = state
+        self.used, self._sorted, self._sorted_slots, self.in_id_order = state
 
     def reset(self) -> None:
         """Close the window: every slot is free again."""
         self.used = 0
         self._sorted = np.empty(0, dtype=np.int64)
         self._sorted_slots = np.empty(0, dtype=np.int64)
+        self.in_id_order = True
 
 
 class StringSlots(StepSlots):

@@ -30,16 +30,20 @@ __all__ = ["NOT_AN_ID", "StepBuffer", "apply_step_gradients", "lower_bound", "pu
 NOT_AN_ID = np.iinfo(np.int64).max  # pads sorted ids: sorts after every real id
 
 
-def lower_bound(sorted_ids: tf.Variable, ids):
-    """The position of each of ``ids`` in ``sorted_ids`` (a power-of-two length): a
-    branchless binary search, ``log2(len)`` gathers of ``len(ids)`` elements. (XLA's CPU
-    ``searchsorted`` compares every id with every element.)"""
+def lower_bound(sorted_ids: tf.Variable, ids, used=None):
+    """The position of each of ``ids`` in ``sorted_ids`` (a power-of-two length), of which
+    only the first ``used`` are read (all without it): a branchless binary search,
+    ``log2(len)`` gathers of ``len(ids)`` elements. (XLA's CPU ``searchsorted`` compares
+    every id with every element.)"""
     size = int(sorted_ids.shape[0])
     pos = tf.zeros_like(ids)
     step = size // 2
     while step:
         probe = pos + step
-        pos = tf.where(tf.gather(sorted_ids, probe - 1) < ids, probe, pos)
+        less = tf.gather(sorted_ids, probe - 1) < ids
+        if used is not None:  # what lies beyond `used` counts as larger than every id
+            less &= probe <= used
+        pos = tf.where(less, probe, pos)
         step //= 2
     return tf.minimum(pos, size - 1)
 
@@ -92,8 +96,8 @@ class StepBuffer:
             return tf.gather(fed.pos, at), tf.constant(0, "int64")
 
         def searched_slots():
-            pos = lower_bound(fed.sorted_ids, flat)
-            # Beyond `used` is padding (NOT_AN_ID), which a dynamic table's key may equal.
+            pos = lower_bound(fed.sorted_ids, flat, fed.used)
+            # Beyond `used` lie earlier steps' ids, and a dynamic table's key may be anything.
             found = tf.equal(tf.gather(fed.sorted_ids, pos), flat) & (pos < fed.used)
             missed = tf.reduce_sum(tf.cast(~found, "int64"))
             return tf.gather(fed.sorted_slots, pos), missed
@@ -109,20 +113,15 @@ class StepBuffer:
         return tf.gather(buffer, slots)
 
     def _feed_np(self, pos: np.ndarray, new_slots: np.ndarray, new_ids: np.ndarray, one: bool):
-        """The feeder's outputs for the ids :meth:`_assign_np` gave slots: their rows, the
-        window's sorted ids and slots (padded), and the slot of each position (``pos``)
-        with their count; or no positions and -1 when the compiled step must search
-        instead (they do not all fit, or the layer has several calls: ``one`` is False)."""
+        """The feeder's outputs for the ids :meth:`_assign_np` gave slots: ``(new slots,
+        their rows, the window's sorted ids, their slots, the slot of each position,
+        how many)``; no positions and -1 when the compiled step must search instead (they
+        do not all fit, or the layer has several calls: ``one`` is False)."""
         rows = self.store.lookup(new_ids, dedup=False)
-        fed = self._fed
         ids, slots = self._slots.sorted_view()
-        sorted_ids = np.full(fed.size, NOT_AN_ID, np.int64)
-        sorted_ids[: ids.size] = ids
-        sorted_slots = np.zeros(fed.size, np.int64)
-        sorted_slots[: slots.size] = slots
-        usable = one and pos.size <= fed.span
-        return (new_slots, rows, sorted_ids, sorted_slots, np.int64(self._slots.used),
-                pos if usable else pos[:0], np.int64(pos.size if usable else -1))  # fmt: skip
+        usable = one and pos.size <= self._fed.span
+        return (new_slots, rows, ids, slots, pos if usable else pos[:0],
+                pos.size if usable else -1)  # fmt: skip
 
     def _fed_take(self, applied, missed, grads):
         """After a compiled step: ``(ids, grads)`` of what the optimizer applied (the rows
@@ -193,8 +192,12 @@ class StepBuffer:
         ):
             summed = segment_sum(slots, values, used)
             _, by_id = self._slots.sorted_view()
-            touched = by_id[np.bincount(slots, minlength=used)[by_id] > 0]
-            taken = self._slots.ids(touched), summed[touched]
+            counts = np.bincount(slots, minlength=used)
+            if self._slots.in_id_order and counts.all():  # the usual step: no reordering
+                taken = self._slots.ids(by_id), summed
+            else:
+                touched = by_id[counts[by_id] > 0]
+                taken = self._slots.ids(touched), summed[touched]
         else:
             taken = self._slots.ids(slots), values
         self._slots.reset()
@@ -202,9 +205,11 @@ class StepBuffer:
 
     def _take_dense(self, grad: np.ndarray):
         # A dense gradient (unscaled, accumulated or clipped) covers every slot given out
-        # in the window; slots not used by this step carry zeros. In id order, as above.
+        # in the window; slots not used by this step carry zeros. In id order, as above
+        # (where the slots went out in id order, the rows already are: no copy).
         _, by_id = self._slots.sorted_view()
-        taken = self._slots.ids(by_id), grad[by_id]
+        rows = grad[: by_id.size] if self._slots.in_id_order else grad[by_id]
+        taken = self._slots.ids(by_id), rows
         self._slots.reset()
         return taken
 

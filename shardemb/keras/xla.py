@@ -50,8 +50,9 @@ class _Fed:
         self.accumulates = accumulates
         cap, dim = layer._slots.capacity, layer.output_dim
         dtype = layer.store.config.dtype
-        # A power of two for lower_bound; the padding sorts after every id.
+        # A power of two for lower_bound.
         self.size = 1 << max(cap - 1, 1).bit_length()
+        # The window's sorted ids and their slots; only the first `used` are this step's.
         self.sorted_ids = tf.Variable(np.full(self.size, NOT_AN_ID, np.int64), trainable=False)
         self.sorted_slots = tf.Variable(np.zeros(self.size, np.int64), trainable=False)
         self.used = tf.Variable(np.int64(0), trainable=False)
@@ -113,19 +114,21 @@ class Feeder:
                 layer._in_fed_step = False
 
     def before(self, data) -> None:
-        """Before the compiled step: every layer's rows, in one ``tf.numpy_function``."""
+        """Before the compiled step: every layer's rows, in one ``tf.numpy_function``.
+
+        Its outputs are few whatever the number of layers (each costs about as much as a
+        small op): the layers' slots, sorted ids and positions in one int64 array, sized
+        by a second one, and each layer's rows."""
         x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data)
         ids = self.extractor(x)
         ids = ids if isinstance(ids, list | tuple) else [ids]
-        flats, dtypes, one = [], [], []
+        flats, one = [], []
         for layer in self.layers:
             flat = [
                 _flat_ids(t) for t, owner in zip(ids, self.owners, strict=True) if owner is layer
             ]
             flats.append(tf.concat(flat, 0) if len(flat) > 1 else flat[0])
             one.append(len(flat) == 1)
-            dtypes += ["int64", layer.store.config.dtype, "int64", "int64", "int64", "int64",
-                       "int64"]  # fmt: skip
         layers = list(self.layers)
 
         def feed(*arrays):
@@ -134,27 +137,35 @@ class Feeder:
                 # Every layer's slots first, then the rows: the lookups wait for the
                 # previous step's pushes, which the shards apply meanwhile.
                 given = [layer._assign_np(a) for layer, a in zip(layers, arrays, strict=True)]
-                return [out for layer, g, o in zip(layers, given, one, strict=True)
-                        for out in layer._feed_np(*g, o)]  # fmt: skip
+                outs = [layer._feed_np(*g, o) for layer, g, o in zip(layers, given, one,
+                                                                     strict=True)]  # fmt: skip
             except BaseException:
                 for layer, state in zip(layers, saved, strict=True):
                     layer._slots.restore(state)  # no layer keeps this failed step's slots
                 raise
+            sizes = [(o[0].size, o[2].size, o[4].size, o[5]) for o in outs]
+            ints = [a for o in outs for a in (o[0], o[2], o[3], o[4])]
+            return [np.array(sizes, np.int64), np.concatenate(ints).astype(np.int64, copy=False),
+                    *(o[1] for o in outs)]  # fmt: skip
 
-        fed_all = tf.numpy_function(feed, flats, dtypes, stateful=True)
+        dtypes = ["int64", "int64"] + [layer.store.config.dtype for layer in layers]
+        sizes, ints, *rows = tf.numpy_function(feed, flats, dtypes, stateful=True)
+        sizes = tf.reshape(sizes, [len(layers), 4])  # new slots, used, positions, n
+        new, used, k = sizes[:, 0], sizes[:, 1], sizes[:, 2]
+        lengths = tf.reshape(tf.stack([new, used, used, k], 1), [-1])
+        parts = tf.split(ints, lengths, num=4 * len(layers))
         for i, layer in enumerate(layers):
-            new_slots, new_rows, sorted_ids, sorted_slots, used, pos, n = fed_all[7 * i : 7 * i + 7]
-            new_rows.set_shape([None, layer.output_dim])
+            new_slots, sorted_ids, sorted_slots, pos = parts[4 * i : 4 * i + 4]
+            new_rows = tf.reshape(rows[i], [-1, layer.output_dim])
             fed = layer._fed
             layer._step_rows.value.scatter_update(tf.IndexedSlices(new_rows, new_slots))
-            fed.sorted_ids.assign(tf.reshape(sorted_ids, [fed.size]))
-            fed.sorted_slots.assign(tf.reshape(sorted_slots, [fed.size]))
-            fed.used.assign(tf.reshape(used, []))
-            pos = tf.reshape(pos, [-1])
-            k = tf.size(pos)  # at most fed.span; none where the step must search
-            fed.pos[:k].assign(pos)
-            fed.flat[:k].assign(flats[i][:k])
-            fed.n.assign(tf.reshape(n, []))
+            # Only the window's ids: the search reads no further than `used`.
+            fed.sorted_ids[: used[i]].assign(sorted_ids)
+            fed.sorted_slots[: used[i]].assign(sorted_slots)
+            fed.used.assign(used[i])
+            fed.pos[: k[i]].assign(pos)  # at most fed.span; none where the step must search
+            fed.flat[: k[i]].assign(flats[i][: k[i]])
+            fed.n.assign(sizes[i, 3])
 
     def after(self) -> None:
         """After the compiled step: push every layer's applied gradient, in one exchange."""
