@@ -25,24 +25,21 @@ from shardemb.errors import InvalidConfigError, InvalidIdsError
 from shardemb.keras import dynamic
 from shardemb.store import reconfigure
 
-__all__ = ["NOT_AN_ID", "StepBuffer", "apply_step_gradients", "lower_bound", "push_many"]
-
-NOT_AN_ID = np.iinfo(np.int64).max  # pads sorted ids: sorts after every real id
+__all__ = ["StepBuffer", "apply_step_gradients", "lower_bound", "push_many"]
 
 
-def lower_bound(sorted_ids: tf.Variable, ids, used=None):
-    """The position of each of ``ids`` in ``sorted_ids`` (a power-of-two length), of which
-    only the first ``used`` are read (all without it): a branchless binary search,
-    ``log2(len)`` gathers of ``len(ids)`` elements. (XLA's CPU ``searchsorted`` compares
-    every id with every element.)"""
+def lower_bound(sorted_ids: tf.Variable, ids, used):
+    """The position of each of ``ids`` among the first ``used`` of ``sorted_ids`` (a
+    power-of-two length): a branchless binary search, ``log2(len)`` gathers of
+    ``len(ids)`` elements. (XLA's CPU ``searchsorted`` compares every id with every
+    element.)"""
     size = int(sorted_ids.shape[0])
     pos = tf.zeros_like(ids)
     step = size // 2
     while step:
         probe = pos + step
-        less = tf.gather(sorted_ids, probe - 1) < ids
-        if used is not None:  # what lies beyond `used` counts as larger than every id
-            less &= probe <= used
+        # What lies beyond `used` (an earlier step's ids) counts as larger than every id.
+        less = (tf.gather(sorted_ids, probe - 1) < ids) & (probe <= used)
         pos = tf.where(less, probe, pos)
         step //= 2
     return tf.minimum(pos, size - 1)

@@ -36,7 +36,7 @@ from keras.src.backend.tensorflow import trainer as tf_trainer
 from keras.src.trainers.data_adapters import data_adapter_utils
 
 from shardemb.errors import InvalidConfigError
-from shardemb.keras.training import NOT_AN_ID, StepBuffer, push_many
+from shardemb.keras.training import StepBuffer, push_many
 
 __all__ = ["Feeder", "install"]
 
@@ -53,14 +53,14 @@ class _Fed:
         # A power of two for lower_bound.
         self.size = 1 << max(cap - 1, 1).bit_length()
         # The window's sorted ids and their slots; only the first `used` are this step's.
-        self.sorted_ids = tf.Variable(np.full(self.size, NOT_AN_ID, np.int64), trainable=False)
+        self.sorted_ids = tf.Variable(np.zeros(self.size, np.int64), trainable=False)
         self.sorted_slots = tf.Variable(np.zeros(self.size, np.int64), trainable=False)
         self.used = tf.Variable(np.int64(0), trainable=False)
         # This step's ids as the feeder saw them, and each one's slot: the compiled step
         # reads its slots from here when it finds the same ids (room for twice the buffer:
-        # duplicates, multi-hot features). `n`: how many, or -1.
+        # duplicates, multi-hot features). `n`: how many, or -1 (nothing there to read).
         self.span = 2 * self.size
-        self.flat = tf.Variable(np.full(self.span, NOT_AN_ID, np.int64), trainable=False)
+        self.flat = tf.Variable(np.zeros(self.span, np.int64), trainable=False)
         self.pos = tf.Variable(np.zeros(self.span, np.int64), trainable=False)
         self.n = tf.Variable(np.int64(-1), trainable=False)
         self.grads = tf.Variable(np.zeros((cap, dim), dtype), trainable=False)
