@@ -82,18 +82,20 @@ TARGETS = {("many", "keras"): 2.0, ("many", "keras_xla"): 1.5, ("big", "keras_xl
 VARIANTS = {"sharded": ("sharded", False, True), "sharded_xla": ("sharded", True, True),
             "sharded_default": ("sharded", False, False),
             "sharded_xla_default": ("sharded", True, False),
+            "sharded_xla_ray": ("sharded_ray", True, True),
             "keras": ("keras", False, False), "keras_xla": ("keras", True, False),
             "floor": ("floor", False, False), "floor_xla": ("floor", True, False)}  # fmt: skip
 LABELS = {"sharded": "ShardedEmbedding", "sharded_xla": "ShardedEmbedding + XLA",
           "sharded_default": "ShardedEmbedding, default buffer",
           "sharded_xla_default": "ShardedEmbedding + XLA, default buffer",
+          "sharded_xla_ray": "ShardedEmbedding + XLA, pushes as Ray calls",
           "keras": "keras Embedding", "keras_xla": "keras Embedding + XLA",
           "floor": "floor", "floor_xla": "floor + XLA"}  # fmt: skip
 #: The 26-table model's tables with rows through Ray's object transfer: variant -> XLA.
 REMOTE = {"remote": False, "remote_xla": True}
 RATIOS = [("keras", "sharded"), ("keras", "sharded_xla"), ("keras_xla", "sharded"),
           ("keras_xla", "sharded_xla"), ("keras", "sharded_default"),
-          ("keras_xla", "sharded_xla_default")]  # fmt: skip
+          ("keras_xla", "sharded_xla_default"), ("sharded_xla_ray", "sharded_xla")]  # fmt: skip
 #: The variants of the 2 x 10M x 64 model: Keras without XLA (about half a second a step:
 #: it reads the whole table) and the default buffer are left out, to keep the run short.
 HUGE = ("sharded", "sharded_xla", "keras_xla", "floor", "floor_xla")
@@ -141,9 +143,11 @@ class _Variant:
 
         import shardemb
 
-        self.stores = stores if kind == "sharded" else []
+        # "sharded_ray": co-located hosts' doorbells left unrung, every push a Ray call.
+        self.ring = kind != "sharded_ray"
+        self.stores = stores if kind.startswith("sharded") else []
         self.modulo = FLOOR_ROWS if kind == "floor" else None
-        if kind == "sharded":
+        if kind.startswith("sharded"):
             opt = _table_optimizer(optimizer)
             layers = [shardemb.ShardedEmbedding(rows, dim, store=st, optimizer=opt,
                                                 max_ids_per_step=buffer, name=f"sharded_{i}")
@@ -156,9 +160,15 @@ class _Variant:
     def fit(self, x: dict, y: np.ndarray, batch: int) -> list[float]:
         if self.modulo:
             x = {k: v if k == "dense_features" else v % self.modulo for k, v in x.items()}
-        steps = _fit_steps(self.model, x, y, batch)
-        for s in self.stores:
-            s.flush()  # a round's pushes are not left to the next model's round
+        from shardemb.transport import hosts
+
+        hosts.RING_DOORBELLS = self.ring
+        try:
+            steps = _fit_steps(self.model, x, y, batch)
+            for s in self.stores:
+                s.flush()  # a round's pushes are not left to the next model's round
+        finally:
+            hosts.RING_DOORBELLS = True
         return steps
 
 

@@ -17,7 +17,8 @@ import ray
 
 from shardemb import EmbeddingStore, ShardError, ShardRestartedError, ShardUnavailableError
 from shardemb.errors import InvalidConfigError, TableExistsError
-from shardemb.transport import backends
+from shardemb.transport import backends, hosts
+from shardemb.transport.doorbell import DoorbellFuture
 
 OPT = {"name": "adam", "learning_rate": 0.05}
 
@@ -92,9 +93,12 @@ def test_grouped_tables_share_num_shards_processes_and_train_bit_identically(gro
         assert [i["step"] for i in t.info()] == [6, 6]
 
 
-def test_a_step_of_many_grouped_tables_costs_one_call_per_host(grouped, monkeypatch, rng):
+@pytest.mark.parametrize("ring", [True, False], ids=["doorbell", "ray"])
+def test_a_step_of_many_grouped_tables_costs_one_exchange_per_host(grouped, monkeypatch, rng,
+                                                                   ring):  # fmt: skip
     _, tables, _ = grouped
-    sent = []
+    monkeypatch.setattr(hosts, "RING_DOORBELLS", ring)
+    sent, calls_made = [], []
     submit_many = backends.RayBackend.submit_many
 
     def counting(self, calls):
@@ -103,20 +107,34 @@ def test_a_step_of_many_grouped_tables_costs_one_call_per_host(grouped, monkeypa
         return out
 
     monkeypatch.setattr(backends.RayBackend, "submit_many", counting)
-    step = _steps(rng, 3, 1)[0]
+    remote = hosts._Method.remote
+    monkeypatch.setattr(
+        hosts._Method, "remote", lambda m, *a: calls_made.append(m) or remote(m, *a)
+    )
+    warm, step = _steps(rng, 3, 2)
+    # A handle's first push asks the shards their step and probes shared memory.
+    EmbeddingStore.apply_gradients_many([(t, *w) for t, w in zip(tables, warm, strict=True)])
+    for t in tables:
+        t.flush()
+    calls_made.clear()
+    sent.clear()
     EmbeddingStore.apply_gradients_many(
         [(t, ids, g) for t, (ids, g) in zip(tables, step, strict=True)]
     )
+    assert [m.method for m in calls_made] == []  # no per-table call went out
     (calls,) = sent
     assert len(calls) == 6  # 3 tables x 2 shards ...
-    assert len({id(f) for f, _ in calls}) == 2  # ... in 2 Ray calls, one per host
+    assert len({id(f) for f, _ in calls}) == 2  # ... in 2 exchanges, one per host
+    rung = {type(f) is DoorbellFuture for f, _ in calls}
+    assert rung == {ring}  # rung on the hosts' doorbells: no Ray call at all
     fetched = []
     ray_get = ray.get
     monkeypatch.setattr(ray, "get", lambda refs, **kw: fetched.append(refs) or ray_get(refs, **kw))
     for t in tables:
         t.flush()
-    # The 2 answers are fetched once, by the first table; the others reuse them.
-    assert sum(len(refs) for refs in fetched) == 2
+    # The 2 answers are fetched once, by the first table; the others reuse them; a
+    # doorbell's answers are read from its ring.
+    assert sum(len(refs) for refs in fetched) == (0 if ring else 2)
 
 
 def test_one_tables_failure_in_a_fused_call_is_raised_by_that_table_only(grouped, rng):

@@ -114,11 +114,12 @@ def push(store, split, flat_grads: np.ndarray) -> None:
     """Send one push (``split`` of the ids, their gradients) without waiting to the shards
     that hold its rows, and only to them; the futures go to the store's pending queue."""
     planned = plan_push(store, split, flat_grads)
-    futures = [store._backend.submit(store._handles[s], m, *args) for s, m, args, _ in planned]
-    for (s, _, _, buf), fut in zip(planned, futures, strict=True):
+    # As one step's pushes of many tables are (fused): a host of this machine is rung.
+    sent = store._backend.submit_many([(store._handles[s], m, a) for s, m, a, _ in planned])
+    for (s, _, _, buf), (fut, pick) in zip(planned, sent, strict=True):
         if buf is not None:
             buf.futures.append(fut)
-        store._pending.append((s, fut))
+        store._pending.append((s, fut), pick)
 
 
 def plan_push(store, split, flat_grads: np.ndarray) -> list[tuple]:

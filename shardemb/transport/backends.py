@@ -35,7 +35,7 @@ from shardemb.errors import (
     TableExistsError,
     TableNotFoundError,
 )
-from shardemb.transport import hosts
+from shardemb.transport import doorbell, hosts
 from shardemb.transport.auth import auth_help, check_token, refused_auth
 from shardemb.transport.inprocess import InProcessBackend
 from shardemb.transport.shard_actor import ShardActor
@@ -246,17 +246,15 @@ class RayBackend:
             else:
                 out[i] = (self.submit(handle, method, *args), None)
         for idx in by_host.values():
-            if len(idx) == 1:
-                handle, method, args = calls[idx[0]]
-                out[idx[0]] = (self.submit(handle, method, *args), None)
-                continue
             items = [(calls[i][0].table, calls[i][1], calls[i][2]) for i in idx]
-            future = calls[idx[0]][0].actor.call_many.remote(items)
+            future = hosts.send_many(self, calls[idx[0]][0].actor, items)
             for pick, i in enumerate(idx):
                 out[i] = (future, pick)
         return out
 
     def get(self, futures: list, timeout: float | None = None) -> list:
+        if any(type(f) is doorbell.DoorbellFuture for f in futures):
+            return doorbell.values(futures, timeout, lambda rest: self.get(rest, timeout))
         ray = self._ray
         known = _FINISHED.values(futures)
         if known is not None:
@@ -281,6 +279,8 @@ class RayBackend:
 
     def done(self, futures: list) -> tuple[list, list]:
         """``(finished, not finished)`` of ``futures``, without waiting."""
+        if any(type(f) is doorbell.DoorbellFuture for f in futures):
+            return doorbell.done(futures, self.done)
         unknown = _FINISHED.unknown(futures)
         if unknown:
             ready, _ = self._ray.wait(
@@ -294,6 +294,8 @@ class RayBackend:
     def wait(self, futures: list, timeout: float | None = None) -> None:
         """Block until ``futures`` are finished (successfully or not), without raising
         their errors: the caller collects those separately."""
+        if any(type(f) is doorbell.DoorbellFuture for f in futures):
+            return doorbell.wait(futures, timeout, self.wait)
         unknown = _FINISHED.unknown(futures)
         if not unknown:
             return

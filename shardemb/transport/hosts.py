@@ -21,8 +21,10 @@ actors; an entry whose hosts no longer hold the table is stale and ignored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import threading
 import time
 
 from shardemb.errors import (
@@ -32,9 +34,10 @@ from shardemb.errors import (
     ShardUnavailableError,
     TableExistsError,
 )
+from shardemb.transport.doorbell import DoorbellClient, DoorbellServer
 from shardemb.transport.shard_actor import ShardActor
 
-__all__ = ["HostedHandle", "ShardHost", "host_name", "process_group", "registry"]
+__all__ = ["HostedHandle", "ShardHost", "host_name", "process_group", "registry", "send_many"]
 
 #: Key-value namespace of the registry of hosted tables.
 _KV_NAMESPACE = "shardemb-hosted"
@@ -63,13 +66,42 @@ class TableNotHostedError(ShardUnavailableError):
     was removed): to recovery, the shard is gone."""
 
 
+def _in_order(method):
+    """A host's Ray method: run under the host's lock, after every push rung before it
+    (:mod:`shardemb.transport.doorbell`): a router's Ray calls see its rung pushes."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            for bell in list(self._bells):
+                bell.drain()
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class ShardHost:
     """The host actor: shard objects by table name, each called by name."""
 
     def __init__(self, name: str, detached: bool = False):
         self.name, self.detached = name, bool(detached)
         self._shards: dict = {}
+        self._lock = threading.RLock()  # Ray's calls and the doorbells' threads
+        self._bells: list[DoorbellServer] = []
 
+    @_in_order
+    def attach_doorbell(self, names) -> int:
+        """Serve a router's doorbell (:class:`~shardemb.transport.doorbell.DoorbellServer`);
+        returns the doorbells served now."""
+        self._bells.append(DoorbellServer(names, self._call_many, self._lock, self._bells.remove))
+        return len(self._bells)
+
+    @_in_order
+    def doorbells(self) -> int:
+        """How many routers' doorbells this host serves now."""
+        return len(self._bells)
+
+    @_in_order
     def add(self, config, index: int, initialize: bool, detached: bool) -> bool:
         """Start shard ``index`` of ``config``'s table here. Returns False (and leaves the
         shard as it is) when the table already has one here and ``initialize`` is False
@@ -92,6 +124,7 @@ class ShardHost:
                                                detached=detached)  # fmt: skip
         return True
 
+    @_in_order
     def remove(self, table: str) -> int:
         """Drop the table's shard (its shared rows go with it); returns the tables left."""
         shard = self._shards.pop(table, None)
@@ -99,20 +132,27 @@ class ShardHost:
             shard.close_shared()
         return len(self._shards)
 
+    @_in_order
     def tables(self) -> list[str]:
         return sorted(self._shards)
 
+    @_in_order
     def ping(self) -> int:
         return len(self._shards)
 
+    @_in_order
     def call_shard(self, table: str, method: str, *args):
         """``method(*args)`` of the table's shard."""
         return getattr(self._shard(table), method)(*args)
 
+    @_in_order
     def call_many(self, items: list) -> list:
         """Run every ``(table, method, args)`` of ``items`` in order; one item's failure
         does not stop the others. Returns, per item, ``None`` or its error (each table's
         router raises its own)."""
+        return self._call_many(items)
+
+    def _call_many(self, items: list) -> list:
         out: list = []
         for table, method, args in items:
             try:
@@ -205,6 +245,55 @@ def host_actor(backend, name: str, device: str, resources, detached: bool):
     options = backend.actor_options(name, device, resources, detached)
     options["get_if_exists"] = True
     return ray.remote(ShardHost).options(**options).remote(name, detached)
+
+
+#: Ring the doorbells of hosts on this machine (False: every push is a Ray call; for
+#: comparison, as the benchmarks do).
+RING_DOORBELLS = True
+#: This process's doorbells, by host actor id (None: that host is called through Ray),
+#: and per host its last push sent through Ray: until that one is applied, pushes keep to
+#: Ray (a rung push is applied as soon as it is rung: it could overtake the Ray call).
+_bells: dict = {}
+_ray_pushes: dict = {}
+_bells_lock = threading.Lock()
+
+
+def send_many(backend, actor, items: list):
+    """Send ``items`` (``(table, method, args)``) to the host ``actor`` in one go: rung on
+    its doorbell (:mod:`shardemb.transport.doorbell`) when they are pushes through this
+    machine's shared memory, else one ``call_many`` Ray call. Returns the future; its
+    answer is per item None or its error."""
+    key = actor._actor_id.binary()
+    with _bells_lock:
+        pushes = all(m == "push_at" and a[1] == "apply_gradients_shm" for _, m, a in items)
+        if pushes and RING_DOORBELLS:
+            bell = _doorbell(backend, actor, key)
+            last = _ray_pushes.get(key)
+            if bell is not None and (last is None or backend.done([last])[0]):
+                _ray_pushes.pop(key, None)
+                future = bell.send(items)
+                if future is not None:
+                    return future
+        future = actor.call_many.remote(items)
+        _ray_pushes[key] = future
+        return future
+
+
+def _doorbell(backend, actor, key: bytes) -> DoorbellClient | None:
+    """This process's doorbell of the host ``actor`` (made on first use), or None."""
+    if key not in _bells:
+        bell = None
+        try:
+            bell = DoorbellClient()
+            backend._ray.get(actor.attach_doorbell.remote(bell.names), timeout=60)
+            bell.opened()
+        except Exception:  # noqa: BLE001 - no doorbell: the host is called through Ray
+            if bell is not None:
+                bell.close()
+            bell = None
+        _bells[key] = bell
+    bell = _bells[key]
+    return bell if bell is not None and bell.gone is None else None
 
 
 def hosted_holders(backend, name: str) -> list[str] | None:
