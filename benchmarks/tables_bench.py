@@ -235,6 +235,14 @@ def _processes(ctx: Context, stores: list) -> list:
     return [psutil.Process(pid) for pid in sorted(pids)]
 
 
+def _idle_cores(procs: list, seconds: float) -> float:
+    """The cores ``procs`` use, idle, over ``seconds``: CPU seconds / wall seconds."""
+    cpu = lambda: sum(sum(p.cpu_times()[:2]) for p in procs)  # noqa: E731 - user + system
+    before, t0 = cpu(), time.perf_counter()
+    time.sleep(seconds)
+    return (cpu() - before) / (time.perf_counter() - t0)
+
+
 def _shard_stats(ctx: Context, stores: list, create_s: float, idle_s: float) -> dict:
     """Start-up, then the CPU the idle shard processes use over ``idle_s`` seconds (in
     cores: CPU seconds / wall seconds) and their resident bytes."""
@@ -244,10 +252,7 @@ def _shard_stats(ctx: Context, stores: list, create_s: float, idle_s: float) -> 
            "create_per_table_s": create_s / max(1, len(stores))}  # fmt: skip
     if not procs or not idle_s:
         return {**out, "idle_cores": None, "rss_per_process": None}
-    cpu = lambda: sum(sum(p.cpu_times()[:2]) for p in procs)  # noqa: E731 - user + system
-    before, t0 = cpu(), time.perf_counter()
-    time.sleep(idle_s)
-    idle = (cpu() - before) / (time.perf_counter() - t0)
+    idle = _idle_cores(procs, idle_s)
     rss = [p.memory_info().rss for p in procs]
     uss = [p.memory_full_info().uss for p in procs]  # not shared with other processes
     return {**out, "idle_cores": idle, "idle_window_s": idle_s,
@@ -319,6 +324,9 @@ def _many(ctx: Context, s: dict, ref: dict, y, rng, bar) -> tuple[dict, list[dic
                 feeds[v] = data
         times = _interleave(models, feeds, y, s, bar)
         models = None
+        procs = _processes(ctx, stores)
+        if procs and s["idle_s"]:  # again, now with this process's doorbells open
+            stats["idle_after_training_cores"] = _idle_cores(procs, s["idle_s"])
     finally:
         _close(stores + remote)
         _free()
@@ -389,12 +397,59 @@ def _big(ctx: Context, s: dict, y, rng, bar, role: str = "big", only=VARIANTS) -
         models = _variants(s, REF_TABLES, rows, dim, "sgd", stores, only)
         times = _interleave(models, dict.fromkeys(models, data), y, s, bar)
         models = None
+        exchange = _push_and_read(stores, data[0], s) if role == "big" else None
     finally:
         _close(stores)
         _free()
     case = _case(role, REF_TABLES, rows, dim, "sgd", times, ctx.mode == "smoke")
     case.update(startup=stats, seconds=time.perf_counter() - t0)
+    if exchange:
+        case["exchange"] = exchange
     return case
+
+
+def _push_and_read(stores: list, x: dict, s: dict) -> dict | None:
+    """The store's own step, outside Keras: one batch's distinct ids of every table pushed
+    (``apply_gradients_many``), then looked up (which waits for the push: read-your-writes),
+    with the hosts' doorbells rung and with every push a Ray call, interleaved."""
+    from benchmarks.common import interleaved
+    from shardemb import EmbeddingStore
+    from shardemb.transport import hosts
+
+    if stores[0].backend_name != "ray":
+        return None
+    ids = [np.unique(x[f"c{i}"][: s["batch"]]) for i in range(len(stores))]
+    grads = [np.full((i.size, stores[0].dim), 1e-4, np.float32) for i in ids]
+
+    def step(ring: bool):
+        hosts.RING_DOORBELLS = ring
+        EmbeddingStore.apply_gradients_many(list(zip(stores, ids, grads, strict=True)))
+        for st, i in zip(stores, ids, strict=True):
+            st.lookup(i)
+
+    try:
+        t = interleaved({"doorbell": lambda: step(True), "ray": lambda: step(False)},
+                        reps=5 * s["steps"] * s["rounds"], warmup=3)  # fmt: skip
+    finally:
+        hosts.RING_DOORBELLS = True
+    per = t["ray"] / t["doorbell"]
+    return {"distinct_ids": [int(i.size) for i in ids], "reps": int(per.size),
+            "doorbell_s": float(np.median(t["doorbell"])), "ray_s": float(np.median(t["ray"])),
+            "ratio": float(np.median(per)), "p10": float(np.percentile(per, 10)),
+            "p90": float(np.percentile(per, 90))}  # fmt: skip
+
+
+def _exchange_line(c: dict) -> list[str]:
+    e = c.get("exchange")
+    if not e:
+        return []
+    return [f"**The store's own step** on these tables, outside Keras: each table's "
+            f"{' and '.join(f'{n:,}' for n in e['distinct_ids'])} distinct ids of one batch "
+            "pushed in one `apply_gradients_many`, then looked up (read-your-writes: the "
+            f"lookup waits for the push), {e['reps']} repetitions interleaved: "
+            f"{_ms(e['doorbell_s'])} ms with the hosts' doorbells rung, {_ms(e['ray_s'])} ms "
+            f"with every push a Ray call: **{_x(e['ratio'])}** (p10 - p90 "
+            f"{_x(e['p10'])} - {_x(e['p90'])}).", ""]  # fmt: skip
 
 
 def _huge_skipped(s: dict) -> str:
@@ -491,6 +546,7 @@ def _case_block(c: dict) -> list[str]:
                 "best possible"], ratios, "lrrlrrrr"),
         "",
         *_remote_block(c),
+        *_exchange_line(c),
     ]  # fmt: skip
 
 
@@ -528,8 +584,12 @@ def _startup_line(st: dict) -> str:
             "table)")  # fmt: skip
     if st.get("idle_cores") is None:
         return line + " (in-process shards: no processes)."
+    after = st.get("idle_after_training_cores")
+    if after is not None:
+        after = f", and **{after:.2f} cores** idle after training (the trainer's doorbells open)"
     return (f"{line}; idle, right after, they used **{st['idle_cores']:.2f} cores** over "
-            f"{st['idle_window_s']:.0f} s (CPU seconds / wall seconds, all of them together) and "
+            f"{st['idle_window_s']:.0f} s (CPU seconds / wall seconds, all of them together)"
+            f"{after or ''} and "
             f"held {st['rss_per_process'] / 1e6:.0f} MB RSS each ({st['rss_total'] / 1e9:.1f} "
             "GB in all).")  # fmt: skip
 

@@ -17,9 +17,12 @@ Two measurements (issues 14 and 16):
 - ``train``: 2 tables of 1,000,000 x 64 float32 (users, items), batch 4,096 of Zipf ids,
   concat -> Dense(64, relu) -> Dense(1), binary cross-entropy, SGD (learning rate 0.05),
   ``model.fit`` (the ``mlp`` model of ``train_bench``). shardemb: ``ShardedEmbedding`` on
-  2-shard stores over Ray (a local runtime started here), ``jit_compile=False`` and
-  ``True``. TFRA: ``de.keras.layers.Embedding`` (one CPU hash table per feature, filled
-  with 1,000,000 keys before training, so both sides hold the same number of rows) and
+  2-shard stores over Ray (a local runtime started here) in one group (``group="auto"``,
+  as the layers' own stores), ``jit_compile=False`` and ``True``; and, without XLA, the
+  same stores with every push a Ray call (doorbells off), and the same tables with actors
+  of their own (``group=None``). TFRA:
+  ``de.keras.layers.Embedding`` (one CPU hash table per feature, filled with 1,000,000 keys
+  before training, so both sides hold the same number of rows) and
   ``de.DynamicEmbeddingOptimizer(SGD)``, ``jit_compile=False`` (its hash-table ops do not
   compile with XLA). A step is the gap between consecutive ``on_train_batch_end``; each
   round is one ``fit`` of ``steps + 1`` batches (the first step dropped), round 0 traces
@@ -238,13 +241,19 @@ def _train(child: _Child, workdir: str, size: dict, bar) -> dict:
              **{f"{k}{r}": x[k] for r, x in enumerate(data) for k in ("user", "item")})  # fmt: skip
     tfra_setup = child("setup_train", workdir, 0)
     opt = {"name": "sgd", "learning_rate": LEARNING_RATE}
-    stores = [shardemb.EmbeddingStore.create(f"tfra-bench-{t}-{os.getpid()}", ROWS, DIM,
-                                             num_shards=SHARDS, optimizer=opt, seed=i)
-              for i, t in enumerate(("users", "items"))]  # fmt: skip
+    # In one group, as the layers' own stores are by default (group="auto"): their shards
+    # share 2 host processes, and a step's pushes are one exchange per host (rung on the
+    # hosts' doorbells). ``own``: the same tables with actors of their own (group=None),
+    # whose pushes are a Ray call per shard.
+    stores, own = ([shardemb.EmbeddingStore.create(f"tfra-bench-{t}{tag}-{os.getpid()}", ROWS,
+                                                   DIM, num_shards=SHARDS, optimizer=opt,
+                                                   seed=i, group=group)
+                    for i, t in enumerate(("users", "items"))]
+                   for tag, group in (("", "auto"), ("-own", None)))  # fmt: skip
 
-    def model(jit: bool):
+    def model(jit: bool, tables=stores):
         layers = [shardemb.ShardedEmbedding(ROWS, DIM, store=s, optimizer=opt, name=f"emb_{i}")
-                  for i, s in enumerate(stores)]  # fmt: skip
+                  for i, s in enumerate(tables)]  # fmt: skip
         user = keras.Input((), dtype="int64", name="user")
         item = keras.Input((), dtype="int64", name="item")
         h = keras.layers.Concatenate()([layers[0](user), layers[1](item)])
@@ -254,25 +263,31 @@ def _train(child: _Child, workdir: str, size: dict, bar) -> dict:
                   keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=jit)  # fmt: skip
         return m
 
-    models = {"sharded": model(False), "sharded_xla": model(True)}
+    from shardemb.transport import hosts
+
+    models = {"sharded": model(False), "sharded_xla": model(True),
+              "sharded_ray_pushes": model(False), "sharded_own": model(False, own)}  # fmt: skip
 
     fallbacks: list[str] = []
 
     def sharded(name):
         def fit(r):
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                steps = _fit_steps(models[name], data[r], y, BATCH)
-            # shardemb warns when a model cannot run compiled and falls back to no XLA
-            fallbacks.extend(str(w.message) for w in caught if "jit_compile" in str(w.message))
-            for s in stores:
-                s.flush()  # a round's pushes are not left to the next variant's round
+            hosts.RING_DOORBELLS = name != "sharded_ray_pushes"
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    steps = _fit_steps(models[name], data[r], y, BATCH)
+                # shardemb warns when a model cannot run compiled and falls back to no XLA
+                fallbacks.extend(str(w.message) for w in caught if "jit_compile" in str(w.message))
+                for s in stores + own:
+                    s.flush()  # a round's pushes are not left to the next variant's round
+            finally:
+                hosts.RING_DOORBELLS = True
             return {"steps": steps}
 
         return fit
 
-    runs = {"sharded": sharded("sharded"), "sharded_xla": sharded("sharded_xla"),
-            "tfra": lambda r: child("train", r)}  # fmt: skip
+    runs = {**{k: sharded(k) for k in models}, "tfra": lambda r: child("train", r)}
     names = list(runs)
     times: dict[str, list[list[float]]] = {k: [] for k in names}
     trained = True
@@ -287,7 +302,7 @@ def _train(child: _Child, workdir: str, size: dict, bar) -> dict:
     finally:
         models = None
         _free()
-        for s in stores:
+        for s in stores + own:
             s.close()
     med = {k: [float(np.median(t)) for t in v] for k, v in times.items()}
     res = {"rows": ROWS, "dim": DIM, "batch": BATCH, "shards": SHARDS, "optimizer": "sgd",
@@ -297,7 +312,7 @@ def _train(child: _Child, workdir: str, size: dict, bar) -> dict:
            "step_ms": {k: 1e3 * float(np.median(v)) for k, v in med.items()},
            "round_ms": {k: [1e3 * x for x in v] for k, v in med.items()}}  # fmt: skip
     res["ratio"] = {}
-    for k in ("sharded", "sharded_xla"):
+    for k in (k for k in med if k != "tfra"):
         per_round = [t / s for t, s in zip(med["tfra"], med[k], strict=True)]
         res["ratio"][k] = {"median": float(np.median(per_round)),
                            "min": float(min(per_round)), "max": float(max(per_round))}  # fmt: skip
@@ -374,6 +389,14 @@ def _lookup(child: _Child, workdir: str, size: dict, bar) -> dict:
             "cases": cases}  # fmt: skip
 
 
+TRAIN_LABELS = {
+    "sharded": "ShardedEmbedding, jit_compile=False",
+    "sharded_xla": "ShardedEmbedding, jit_compile=True",
+    "sharded_ray_pushes": "ShardedEmbedding, pushes as Ray calls (no doorbell)",
+    "sharded_own": "ShardedEmbedding, tables with actors of their own (group=None)",
+}
+
+
 def _report(res: dict) -> str:
     from benchmarks.report import _table, _x
 
@@ -392,8 +415,7 @@ def _report(res: dict) -> str:
                          [[lab, f"{ms[k]:.1f}", f"{ms['tfra']:.1f}",
                            f"**{_x(tr['ratio'][k]['median'])}**",
                            f"{_x(tr['ratio'][k]['min'])} - {_x(tr['ratio'][k]['max'])}"]
-                          for k, lab in (("sharded", "ShardedEmbedding, jit_compile=False"),
-                                         ("sharded_xla", "ShardedEmbedding, jit_compile=True"))]),
+                          for k, lab in TRAIN_LABELS.items() if k in ms]),
                   "", f"TFRA tables held {tr['tfra_rows']} rows; its training moved them: "
                   f"{tr['tfra_trained']}; XLA fall-back warnings: "
                   f"{tr['xla_fallback_warnings'] or 'none'}.", ""]  # fmt: skip
@@ -448,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     size = SIZES["quick" if args.quick else "full"]
     now = dt.datetime.now(dt.UTC)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = args.out or os.path.join(root, "benchmarks", "out", now.strftime("tfra-%Y%m%d-%H%M%S"))
+    # Absolute: the child runs in this folder, where a relative path would not resolve.
+    out = os.path.abspath(args.out) if args.out else os.path.join(
+        root, "benchmarks", "out", now.strftime("tfra-%Y%m%d-%H%M%S"))  # fmt: skip
     os.makedirs(out, exist_ok=True)
     shown = list(argv if argv is not None else sys.argv[1:])
     for i, a in enumerate(shown):  # the venv's path is this machine's: not in the report
