@@ -192,6 +192,7 @@ def plot_profile(r: dict, out: str, cores: int) -> str:
 def _short(label: str) -> str:
     """A tables_bench variant's label on three short lines."""
     for long, short in (("ShardedEmbedding", "Sharded"), ("keras Embedding", "Keras"),
+                        ("pushes as Ray calls", "Ray pushes"), ("default buffer", "default"),
                         (" + ", "\n+ "), (", ", "\n")):  # fmt: skip
         label = label.replace(long, short)
     return label
@@ -215,6 +216,8 @@ def plot_tables(r: dict, out: str, cores: int) -> str:
     ax.set(xscale="log", yscale="log", xlabel="tables (same rows in all)", ylabel="ms per step",
            title=f"{sw['total_rows']:,} x {sw['dim']} rows; x: vs {sw['ref']} tables")  # fmt: skip
     _plain_ticks(ax, n)
+    ms = [1e3 * v for p in pts for v in (p["step_s"], p["floor_step_s"])]
+    ax.set_yticks(sorted({float(f"{v:.2g}") for v in (min(ms), max(ms))}))  # within a decade
     for ax, c in zip(axes[1:], cases, strict=True):
         names = list(c["variants"])
         colors = {"sharded": "C0", "keras": "C1", "floor": "lightgray"}
