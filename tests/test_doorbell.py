@@ -295,3 +295,25 @@ def test_without_doorbells_every_push_is_a_ray_call(pair, rng, monkeypatch):
     assert seen and not any(type(f) is DoorbellFuture for f in seen)
     for g, p in zip(grouped, plain, strict=True):
         np.testing.assert_array_equal(g.to_numpy(), p.to_numpy())
+
+
+def test_no_room_for_a_doorbell_warns_once_and_pushes_go_through_ray(pair, rng, monkeypatch):
+    grouped, plain = pair
+    seen = _pushes(monkeypatch)
+
+    def full(self):
+        raise OSError(28, "no space left in the shared-memory folder")
+
+    monkeypatch.setattr(DoorbellClient, "__init__", full)
+    with pytest.warns(RuntimeWarning, match="No doorbell for shard host") as warned:
+        for _ in range(3):
+            step = _step(rng)
+            EmbeddingStore.apply_gradients_many(
+                [(t, *s) for t, s in zip(grouped, step, strict=True)]
+            )
+            for t, s in zip(plain, step, strict=True):
+                t.apply_gradients(*s)
+    assert len(warned) == 2  # once per host
+    assert not any(type(f) is DoorbellFuture for f in seen)
+    for g, p in zip(grouped, plain, strict=True):
+        np.testing.assert_array_equal(g.to_numpy(), p.to_numpy())

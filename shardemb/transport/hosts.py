@@ -26,6 +26,7 @@ import json
 import os
 import threading
 import time
+import warnings
 
 from shardemb.errors import (
     InvalidConfigError,
@@ -287,10 +288,18 @@ def _doorbell(backend, actor, key: bytes) -> DoorbellClient | None:
             bell = DoorbellClient()
             backend._ray.get(actor.attach_doorbell.remote(bell.names), timeout=60)
             bell.opened()
-        except Exception:  # noqa: BLE001 - no doorbell: the host is called through Ray
+        except Exception as err:  # noqa: BLE001 - no doorbell: the host is called through Ray
             if bell is not None:
                 bell.close()
             bell = None
+            if isinstance(err, OSError):  # this machine's shared memory, not the host
+                warnings.warn(
+                    f"No doorbell for shard host {actor._actor_id.hex()[:12]} ({err}): its "
+                    "pushes go as Ray calls from now on (slower). Give /dev/shm more room "
+                    "(e.g. docker run --shm-size=2g) to keep the fast path.",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
         _bells[key] = bell
     bell = _bells[key]
     return bell if bell is not None and bell.gone is None else None
