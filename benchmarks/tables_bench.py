@@ -160,15 +160,15 @@ class _Variant:
     def fit(self, x: dict, y: np.ndarray, batch: int) -> list[float]:
         if self.modulo:
             x = {k: v if k == "dense_features" else v % self.modulo for k, v in x.items()}
-        from shardemb.transport import hosts
+        from shardemb.transport import bells
 
-        hosts.RING_DOORBELLS = self.ring
+        bells.RING_DOORBELLS = self.ring
         try:
             steps = _fit_steps(self.model, x, y, batch)
             for s in self.stores:
                 s.flush()  # a round's pushes are not left to the next model's round
         finally:
-            hosts.RING_DOORBELLS = True
+            bells.RING_DOORBELLS = True
         return steps
 
 
@@ -414,7 +414,7 @@ def _push_and_read(stores: list, x: dict, s: dict) -> dict | None:
     with the hosts' doorbells rung and with every push a Ray call, interleaved."""
     from benchmarks.common import interleaved
     from shardemb import EmbeddingStore
-    from shardemb.transport import hosts
+    from shardemb.transport import bells
 
     if stores[0].backend_name != "ray":
         return None
@@ -422,7 +422,7 @@ def _push_and_read(stores: list, x: dict, s: dict) -> dict | None:
     grads = [np.full((i.size, stores[0].dim), 1e-4, np.float32) for i in ids]
 
     def step(ring: bool):
-        hosts.RING_DOORBELLS = ring
+        bells.RING_DOORBELLS = ring
         EmbeddingStore.apply_gradients_many(list(zip(stores, ids, grads, strict=True)))
         for st, i in zip(stores, ids, strict=True):
             st.lookup(i)
@@ -431,7 +431,7 @@ def _push_and_read(stores: list, x: dict, s: dict) -> dict | None:
         t = interleaved({"doorbell": lambda: step(True), "ray": lambda: step(False)},
                         reps=5 * s["steps"] * s["rounds"], warmup=3)  # fmt: skip
     finally:
-        hosts.RING_DOORBELLS = True
+        bells.RING_DOORBELLS = True
     per = t["ray"] / t["doorbell"]
     return {"distinct_ids": [int(i.size) for i in ids], "reps": int(per.size),
             "doorbell_s": float(np.median(t["doorbell"])), "ray_s": float(np.median(t["ray"])),

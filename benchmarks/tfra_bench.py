@@ -263,7 +263,7 @@ def _train(child: _Child, workdir: str, size: dict, bar) -> dict:
                   keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=jit)  # fmt: skip
         return m
 
-    from shardemb.transport import hosts
+    from shardemb.transport import bells
 
     models = {"sharded": model(False), "sharded_xla": model(True),
               "sharded_ray_pushes": model(False), "sharded_own": model(False, own)}  # fmt: skip
@@ -272,7 +272,7 @@ def _train(child: _Child, workdir: str, size: dict, bar) -> dict:
 
     def sharded(name):
         def fit(r):
-            hosts.RING_DOORBELLS = name != "sharded_ray_pushes"
+            bells.RING_DOORBELLS = name != "sharded_ray_pushes"
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -282,7 +282,7 @@ def _train(child: _Child, workdir: str, size: dict, bar) -> dict:
                 for s in stores + own:
                     s.flush()  # a round's pushes are not left to the next variant's round
             finally:
-                hosts.RING_DOORBELLS = True
+                bells.RING_DOORBELLS = True
             return {"steps": steps}
 
         return fit

@@ -19,7 +19,7 @@ import pytest
 
 from shardemb import EmbeddingStore, ShardUnavailableError
 from shardemb.errors import ShardError
-from shardemb.transport import doorbell, hosts
+from shardemb.transport import bells, doorbell, hosts
 from shardemb.transport.backends import RayBackend
 from shardemb.transport.doorbell import DoorbellClient, DoorbellFuture, DoorbellServer
 
@@ -134,23 +134,32 @@ def test_a_router_that_rings_late_is_still_served(monkeypatch):
 
 
 # -- through Ray: shard hosts -------------------------------------------------------------
-def _tables(prefix: str, n: int, group: str | None) -> list:
+def _tables(prefix: str, n: int, group: str | None, **kw) -> list:
     return [
         EmbeddingStore.create(
-            f"{prefix}-{i}", 300, 4, num_shards=2, optimizer=OPT, seed=i, group=group
-        )  # fmt: skip
+            f"{prefix}-{i}", 300, 4, num_shards=2, optimizer=OPT, seed=i, group=group, **kw
+        )
         for i in range(n)
     ]
 
 
-@pytest.fixture
-def pair(ray_session, table_name):
-    """Two grouped tables (their shards in 2 hosts) and two like them with own actors."""
-    grouped = _tables(f"{table_name}-g", 2, f"g-{table_name}")
-    plain = _tables(f"{table_name}-p", 2, None)
-    yield grouped, plain
-    for t in grouped + plain:
+@pytest.fixture(params=["grouped", "own"])
+def pair(request, ray_session, table_name):
+    """Two tables on Ray, rung: in one group (their shards in 2 hosts) or each with actors
+    of its own; and two like them on in-process shards (no Ray, no doorbell: the
+    reference)."""
+    group = f"g-{table_name}" if request.param == "grouped" else None
+    rung = _tables(f"{table_name}-r", 2, group)
+    plain = _tables(f"{table_name}-p", 2, None, backend="inprocess")
+    yield rung, plain
+    for t in rung + plain:
         t.close()
+
+
+def _actor(store, shard: int):
+    """The Ray actor that serves ``store``'s shard: its host, or its own."""
+    h = store._handles[shard]
+    return h.actor if isinstance(h, hosts.HostedHandle) else h
 
 
 def _step(rng, n: int = 2):
@@ -168,7 +177,9 @@ def _sleep_on(store, shard: int, seconds: float):
 
     sleep.__module__ = "__main__"  # pickled by value: the host cannot import the tests
     h = store._handles[shard]
-    return h.actor.call_shard.remote(h.table, "call", sleep, seconds)
+    if isinstance(h, hosts.HostedHandle):
+        return h.actor.call_shard.remote(h.table, "call", sleep, seconds)
+    return h.call.remote(sleep, seconds)
 
 
 def _pushes(monkeypatch) -> list:
@@ -230,13 +241,14 @@ def test_pushes_left_to_ray_keep_their_order_with_rung_ones(pair, rng, monkeypat
         assert [i["step"] for i in g.info()] == [24, 24]
 
 
-def test_a_host_killed_with_rung_pushes_fails_them_and_never_hangs(pair, rng, monkeypatch):
+def test_an_actor_killed_with_rung_pushes_fails_them_and_never_hangs(pair, rng, monkeypatch):
     (a, b), _ = pair
     seen = _pushes(monkeypatch)
     for t in (a, b):  # a handle's first push asks every shard its step: done here
         t.apply_gradients([1], np.ones((1, 4), np.float32))
         t.flush()
     pid = a.placement()[1]["pid"]
+    lost = [t for t in (a, b) if t.placement()[1]["pid"] == pid]  # both, when grouped
     _sleep_on(a, 1, 60)  # the rung pushes below are never applied
     EmbeddingStore.apply_gradients_many([(t, *s) for t, s in zip((a, b), _step(rng), strict=True)])
     assert type(seen[-1]) is DoorbellFuture
@@ -244,8 +256,11 @@ def test_a_host_killed_with_rung_pushes_fails_them_and_never_hangs(pair, rng, mo
     psutil.Process(pid).wait(timeout=30)
     t0 = time.monotonic()
     for t in (a, b):
-        with pytest.raises(ShardUnavailableError):
-            t.flush()  # lost on the dead host: raised (and no checkpoint to restart from)
+        if t in lost:
+            with pytest.raises(ShardUnavailableError):
+                t.flush()  # lost with the dead process: raised (no checkpoint to restart from)
+        else:
+            t.flush()  # its own actors live on
     assert time.monotonic() - t0 < 30
 
 
@@ -253,19 +268,20 @@ def test_a_host_stops_the_doorbell_of_a_router_that_exited(pair):
     (a, _), _ = pair
     a.apply_gradients([3], np.ones((1, 4), np.float32))
     a.flush()
-    host = a._handles[1].actor  # id 3's
+    host = _actor(a, 1)  # id 3's
     served = a._backend.get([host.doorbells.remote()], timeout=60)[0]
     assert served >= 1  # this process's
     code = textwrap.dedent(
         f"""
         import sys, ray, numpy as np, shardemb
-        from shardemb.transport import hosts
+        from shardemb.transport import bells
         ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
         s = shardemb.EmbeddingStore.connect({a.name!r})
         s.apply_gradients([5], np.ones((1, 4), np.float32))
         s.flush()
-        host = s._handles[1].actor
-        print(ray.get(host.doorbells.remote()), len([b for b in hosts._bells.values() if b]))
+        h = s._handles[1]
+        host = getattr(h, "actor", h)
+        print(ray.get(host.doorbells.remote()), len([b for b in bells._bells.values() if b]))
         """
     )
     import ray
@@ -285,7 +301,7 @@ def test_a_host_stops_the_doorbell_of_a_router_that_exited(pair):
 
 def test_without_doorbells_every_push_is_a_ray_call(pair, rng, monkeypatch):
     grouped, plain = pair
-    monkeypatch.setattr(hosts, "RING_DOORBELLS", False)
+    monkeypatch.setattr(bells, "RING_DOORBELLS", False)
     seen = _pushes(monkeypatch)
     for _ in range(3):
         step = _step(rng)
@@ -305,7 +321,7 @@ def test_no_room_for_a_doorbell_warns_once_and_pushes_go_through_ray(pair, rng, 
         raise OSError(28, "no space left in the shared-memory folder")
 
     monkeypatch.setattr(DoorbellClient, "__init__", full)
-    with pytest.warns(RuntimeWarning, match="No doorbell for shard host") as warned:
+    with pytest.warns(RuntimeWarning, match="No doorbell for shard actor") as warned:
         for _ in range(3):
             step = _step(rng)
             EmbeddingStore.apply_gradients_many(
@@ -313,7 +329,8 @@ def test_no_room_for_a_doorbell_warns_once_and_pushes_go_through_ray(pair, rng, 
             )
             for t, s in zip(plain, step, strict=True):
                 t.apply_gradients(*s)
-    assert len(warned) == 2  # once per host
+    actors = {_actor(t, i)._actor_id for t in grouped for i in range(2)}
+    assert len(warned) == len(actors)  # once per actor: 2 hosts, or 2 x 2 own actors
     assert not any(type(f) is DoorbellFuture for f in seen)
     for g, p in zip(grouped, plain, strict=True):
         np.testing.assert_array_equal(g.to_numpy(), p.to_numpy())

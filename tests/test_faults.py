@@ -150,11 +150,14 @@ def test_shard_killed_while_saving_over_the_same_path(
         np.testing.assert_array_equal(restored.to_numpy(), table)
 
 
-def test_a_replacement_that_cannot_load_refuses_every_call(ray_session, table_name, tmp_path):
+@pytest.mark.parametrize("group", [None, "own-group"], ids=["own-actors", "hosted"])
+def test_a_replacement_that_cannot_load_refuses_every_call(ray_session, table_name, tmp_path,
+                                                           group):  # fmt: skip
     """The checkpoint a dead shard should come back from is damaged: its replacement serves
-    no zeros, only typed errors, until the checkpoint is whole again."""
+    no zeros, only typed errors, until the checkpoint is whole again (also where a push's
+    error comes back as an item of a fused answer, as from a host or a doorbell)."""
     path = tmp_path / "c"
-    with _sgd_store(table_name) as store:
+    with _sgd_store(table_name, group=group and f"{group}-{table_name}") as store:
         store.apply_gradients(np.arange(30), -np.ones((30, 2), np.float32))
         store.save(str(path))
         chunk = path / "shards" / "1" / "weights" / "c" / "0" / "0"

@@ -17,7 +17,7 @@ import ray
 
 from shardemb import EmbeddingStore, ShardError, ShardRestartedError, ShardUnavailableError
 from shardemb.errors import InvalidConfigError, TableExistsError
-from shardemb.transport import backends, hosts
+from shardemb.transport import backends, bells, hosts
 from shardemb.transport.doorbell import DoorbellFuture
 
 OPT = {"name": "adam", "learning_rate": 0.05}
@@ -97,7 +97,7 @@ def test_grouped_tables_share_num_shards_processes_and_train_bit_identically(gro
 def test_a_step_of_many_grouped_tables_costs_one_exchange_per_host(grouped, monkeypatch, rng,
                                                                    ring):  # fmt: skip
     _, tables, _ = grouped
-    monkeypatch.setattr(hosts, "RING_DOORBELLS", ring)
+    monkeypatch.setattr(bells, "RING_DOORBELLS", ring)
     sent, calls_made = [], []
     submit_many = backends.RayBackend.submit_many
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from shardemb.errors import InvalidConfigError
+from shardemb.errors import InvalidConfigError, ShardRestartedError, ShardUnavailableError
 
 __all__ = ["ShardsHandle"]
 
@@ -43,7 +43,17 @@ class ShardsHandle:
         """Wait for the pushes ``futures`` (taken from the pending queue): raise the first
         error, also one of this table's items in a fused call."""
         picks = self._pending.take_picks(futures)
-        self._pending.check(picks, self._get(futures))
+        values = self._get(futures)
+        try:
+            self._pending.check(picks, values)
+        except ShardRestartedError:
+            raise
+        except ShardUnavailableError as err:
+            # A fused answer's item names a gone shard: recover, as a failed call does.
+            recover = getattr(self, "_recover", None)
+            if recover is not None:
+                recover(err)  # always raises
+            raise
 
     def close(self) -> None:
         """Apply pending pushes, then remove the table's shards if this handle owns them:

@@ -35,10 +35,10 @@ from shardemb.errors import (
     TableExistsError,
     TableNotFoundError,
 )
-from shardemb.transport import doorbell, hosts
+from shardemb.transport import bells, doorbell, hosts
 from shardemb.transport.auth import auth_help, check_token, refused_auth
 from shardemb.transport.inprocess import InProcessBackend
-from shardemb.transport.shard_actor import ShardActor
+from shardemb.transport.shard_actor import RungShardActor
 
 __all__ = [
     "BACKENDS",
@@ -93,7 +93,7 @@ class RayBackend:
 
     def _cls(self):
         if self._actor_cls is None:
-            self._actor_cls = self._ray.remote(ShardActor)
+            self._actor_cls = self._ray.remote(RungShardActor)
         return self._actor_cls
 
     def create(
@@ -235,19 +235,23 @@ class RayBackend:
         return getattr(handle, method).remote(*args)
 
     def submit_many(self, calls: list[tuple]) -> list[tuple]:
-        """Send the ``(handle, method, args)`` ``calls`` at once; those to one shard host
-        travel as one call (``ShardHost.call_many``). Returns per call ``(future, pick)``:
-        ``pick`` is its item in the fused call's answer (a list of errors), else None."""
+        """Send the ``(handle, method, args)`` ``calls`` at once; those to one actor (a shard
+        host, or for pushes a shard's own) travel together (``call_many``), rung on its
+        doorbell where it shares this machine (:func:`bells.send_many`). Returns per call
+        ``(future, pick)``: ``pick`` is its item in the fused answer (a list of errors)."""
         out: list = [None] * len(calls)
-        by_host: dict = {}
+        by_actor: dict = {}
         for i, (handle, method, args) in enumerate(calls):
-            if isinstance(handle, hosts.HostedHandle):
-                by_host.setdefault(handle._actor_id, []).append(i)
+            if isinstance(handle, hosts.HostedHandle) or method == "push_at":
+                by_actor.setdefault(handle._actor_id, []).append(i)
             else:
                 out[i] = (self.submit(handle, method, *args), None)
-        for idx in by_host.values():
-            items = [(calls[i][0].table, calls[i][1], calls[i][2]) for i in idx]
-            future = hosts.send_many(self, calls[idx[0]][0].actor, items)
+        for idx in by_actor.values():
+            first = calls[idx[0]][0]
+            hosted = isinstance(first, hosts.HostedHandle)
+            items = [(calls[i][0].table if hosted else None, calls[i][1], calls[i][2])
+                     for i in idx]  # fmt: skip
+            future = bells.send_many(self, first.actor if hosted else first, items)
             for pick, i in enumerate(idx):
                 out[i] = (future, pick)
         return out

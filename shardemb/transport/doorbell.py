@@ -245,15 +245,22 @@ class DoorbellServer:
         except BaseException:
             os.close(self._bell_fd)
             raise
-        self._stopped = self._closed = False
+        self._stopped = self._closed = self._draining = False
         self._wake = os.pipe()  # stop() wakes the thread through it
         self._thread = threading.Thread(target=self._serve, name="shardemb-doorbell", daemon=True)
         self._thread.start()
 
     def drain(self) -> int:
         """Apply every slot rung so far (the caller holds the lock). Returns how many."""
-        if self._stopped:
-            return 0
+        if self._stopped or self._draining:
+            return 0  # stopped, or called again from a push being applied: not reentrant
+        self._draining = True
+        try:
+            return self._drain()
+        finally:
+            self._draining = False
+
+    def _drain(self) -> int:
         rung, start = int(self._head[0]), self.applied
         while self.applied < rung:
             seq = self.applied + 1

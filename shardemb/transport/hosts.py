@@ -21,24 +21,19 @@ actors; an entry whose hosts no longer hold the table is stale and ignored.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import threading
 import time
-import warnings
 
 from shardemb.errors import (
     InvalidConfigError,
-    ShardembError,
-    ShardError,
     ShardUnavailableError,
     TableExistsError,
 )
-from shardemb.transport.doorbell import DoorbellClient, DoorbellServer
+from shardemb.transport.bells import RungActor, serve_in_order
 from shardemb.transport.shard_actor import ShardActor
 
-__all__ = ["HostedHandle", "ShardHost", "host_name", "process_group", "registry", "send_many"]
+__all__ = ["HostedHandle", "ShardHost", "host_name", "process_group", "registry"]
 
 #: Key-value namespace of the registry of hosted tables.
 _KV_NAMESPACE = "shardemb-hosted"
@@ -67,42 +62,16 @@ class TableNotHostedError(ShardUnavailableError):
     was removed): to recovery, the shard is gone."""
 
 
-def _in_order(method):
-    """A host's Ray method: run under the host's lock, after every push rung before it
-    (:mod:`shardemb.transport.doorbell`): a router's Ray calls see its rung pushes."""
-
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        with self._lock:
-            for bell in list(self._bells):
-                bell.drain()
-            return method(self, *args, **kwargs)
-
-    return run
-
-
-class ShardHost:
-    """The host actor: shard objects by table name, each called by name."""
+@serve_in_order
+class ShardHost(RungActor):
+    """The host actor: shard objects by table name, each called by name. Every Ray method
+    runs after the pushes its routers rang before it (:mod:`shardemb.transport.bells`)."""
 
     def __init__(self, name: str, detached: bool = False):
         self.name, self.detached = name, bool(detached)
         self._shards: dict = {}
-        self._lock = threading.RLock()  # Ray's calls and the doorbells' threads
-        self._bells: list[DoorbellServer] = []
+        self._init_bells()
 
-    @_in_order
-    def attach_doorbell(self, names) -> int:
-        """Serve a router's doorbell (:class:`~shardemb.transport.doorbell.DoorbellServer`);
-        returns the doorbells served now."""
-        self._bells.append(DoorbellServer(names, self._call_many, self._lock, self._bells.remove))
-        return len(self._bells)
-
-    @_in_order
-    def doorbells(self) -> int:
-        """How many routers' doorbells this host serves now."""
-        return len(self._bells)
-
-    @_in_order
     def add(self, config, index: int, initialize: bool, detached: bool) -> bool:
         """Start shard ``index`` of ``config``'s table here. Returns False (and leaves the
         shard as it is) when the table already has one here and ``initialize`` is False
@@ -125,7 +94,6 @@ class ShardHost:
                                                detached=detached)  # fmt: skip
         return True
 
-    @_in_order
     def remove(self, table: str) -> int:
         """Drop the table's shard (its shared rows go with it); returns the tables left."""
         shard = self._shards.pop(table, None)
@@ -133,38 +101,21 @@ class ShardHost:
             shard.close_shared()
         return len(self._shards)
 
-    @_in_order
     def tables(self) -> list[str]:
         return sorted(self._shards)
 
-    @_in_order
     def ping(self) -> int:
         return len(self._shards)
 
-    @_in_order
     def call_shard(self, table: str, method: str, *args):
         """``method(*args)`` of the table's shard."""
         return getattr(self._shard(table), method)(*args)
 
-    @_in_order
-    def call_many(self, items: list) -> list:
-        """Run every ``(table, method, args)`` of ``items`` in order; one item's failure
-        does not stop the others. Returns, per item, ``None`` or its error (each table's
-        router raises its own)."""
-        return self._call_many(items)
+    def _target(self, table: str):
+        return self._shard(table)
 
-    def _call_many(self, items: list) -> list:
-        out: list = []
-        for table, method, args in items:
-            try:
-                getattr(self._shard(table), method)(*args)
-                out.append(None)
-            except ShardembError as err:
-                out.append(err)
-            except Exception as err:  # noqa: BLE001 - reported to the table's router
-                out.append(ShardError(f"Table {table!r}: {method} failed on host "
-                                      f"{self.name!r}: {err!r}"))  # fmt: skip
-        return out
+    def _describe(self, table: str) -> str:
+        return f"Table {table!r} on host {self.name!r}"
 
     def _shard(self, table: str):
         shard = self._shards.get(table)
@@ -246,63 +197,6 @@ def host_actor(backend, name: str, device: str, resources, detached: bool):
     options = backend.actor_options(name, device, resources, detached)
     options["get_if_exists"] = True
     return ray.remote(ShardHost).options(**options).remote(name, detached)
-
-
-#: Ring the doorbells of hosts on this machine (False: every push is a Ray call; for
-#: comparison, as the benchmarks do).
-RING_DOORBELLS = True
-#: This process's doorbells, by host actor id (None: that host is called through Ray),
-#: and per host its last push sent through Ray: until that one is applied, pushes keep to
-#: Ray (a rung push is applied as soon as it is rung: it could overtake the Ray call).
-_bells: dict = {}
-_ray_pushes: dict = {}
-_bells_lock = threading.Lock()
-
-
-def send_many(backend, actor, items: list):
-    """Send ``items`` (``(table, method, args)``) to the host ``actor`` in one go: rung on
-    its doorbell (:mod:`shardemb.transport.doorbell`) when they are pushes through this
-    machine's shared memory, else one ``call_many`` Ray call. Returns the future; its
-    answer is per item None or its error."""
-    key = actor._actor_id.binary()
-    with _bells_lock:
-        pushes = all(m == "push_at" and a[1] == "apply_gradients_shm" for _, m, a in items)
-        if pushes and RING_DOORBELLS:
-            bell = _doorbell(backend, actor, key)
-            last = _ray_pushes.get(key)
-            if bell is not None and (last is None or backend.done([last])[0]):
-                _ray_pushes.pop(key, None)
-                future = bell.send(items)
-                if future is not None:
-                    return future
-        future = actor.call_many.remote(items)
-        _ray_pushes[key] = future
-        return future
-
-
-def _doorbell(backend, actor, key: bytes) -> DoorbellClient | None:
-    """This process's doorbell of the host ``actor`` (made on first use), or None."""
-    if key not in _bells:
-        bell = None
-        try:
-            bell = DoorbellClient()
-            backend._ray.get(actor.attach_doorbell.remote(bell.names), timeout=60)
-            bell.opened()
-        except Exception as err:  # noqa: BLE001 - no doorbell: the host is called through Ray
-            if bell is not None:
-                bell.close()
-            bell = None
-            if isinstance(err, OSError):  # this machine's shared memory, not the host
-                warnings.warn(
-                    f"No doorbell for shard host {actor._actor_id.hex()[:12]} ({err}): its "
-                    "pushes go as Ray calls from now on (slower). Give /dev/shm more room "
-                    "(e.g. docker run --shm-size=2g) to keep the fast path.",
-                    RuntimeWarning,
-                    stacklevel=5,
-                )
-        _bells[key] = bell
-    bell = _bells[key]
-    return bell if bell is not None and bell.gone is None else None
 
 
 def hosted_holders(backend, name: str) -> list[str] | None:
