@@ -46,7 +46,7 @@ import time
 import numpy as np
 import psutil
 
-from benchmarks.common import Context, ray_transfer_only, zipf_ids
+from benchmarks.common import Context, interleaved, ray_transfer_only, zipf_ids
 from benchmarks.report import _table, _x
 from benchmarks.train_bench import _fit_steps, _free
 
@@ -412,7 +412,6 @@ def _push_and_read(stores: list, x: dict, s: dict) -> dict | None:
     """The store's own step, outside Keras: one batch's distinct ids of every table pushed
     (``apply_gradients_many``), then looked up (which waits for the push: read-your-writes),
     with the hosts' doorbells rung and with every push a Ray call, interleaved."""
-    from benchmarks.common import interleaved
     from shardemb import EmbeddingStore
     from shardemb.transport import bells
 

@@ -114,7 +114,7 @@ def push(store, split, flat_grads: np.ndarray) -> None:
     """Send one push (``split`` of the ids, their gradients) without waiting to the shards
     that hold its rows, and only to them; the futures go to the store's pending queue."""
     planned = plan_push(store, split, flat_grads)
-    # As one step's pushes of many tables are (fused): a host of this machine is rung.
+    # Through submit_many, as fused pushes: a shard actor on this machine is rung.
     sent = store._backend.submit_many([(store._handles[s], m, a) for s, m, a, _ in planned])
     for (s, _, _, buf), (fut, pick) in zip(planned, sent, strict=True):
         if buf is not None:

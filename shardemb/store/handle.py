@@ -49,11 +49,12 @@ class ShardsHandle:
         except ShardRestartedError:
             raise
         except ShardUnavailableError as err:
-            # A fused answer's item names a gone shard: recover, as a failed call does.
-            recover = getattr(self, "_recover", None)
-            if recover is not None:
-                recover(err)  # always raises
+            self._recover(err)  # a fused answer's item names a gone shard: as a failed call
             raise
+
+    def _recover(self, err: ShardUnavailableError) -> None:
+        """Bring back dead shards named by ``err`` (raising); tables that cannot recover
+        leave ``err`` to be raised."""
 
     def close(self) -> None:
         """Apply pending pushes, then remove the table's shards if this handle owns them:

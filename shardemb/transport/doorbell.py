@@ -74,22 +74,19 @@ class DoorbellFuture:
     def __init__(self, bell: DoorbellClient, seq: int, items: int):
         self.bell, self.seq, self.items = bell, seq, items
 
-    def binary(self) -> bytes:
-        return b"bell-%s-%d" % (self.bell.key, self.seq)
-
     def __repr__(self) -> str:
         return f"DoorbellFuture(seq={self.seq}, items={self.items})"
 
 
 class DoorbellClient:
-    """The router's end of one host's doorbell (one per host and process)."""
+    """The router's end of one shard actor's doorbell (one per actor and process)."""
 
     def __init__(self):
-        self.key = uuid.uuid4().hex.encode()
+        self.key = uuid.uuid4().hex
         self.ring = ShmSegment.create(HEADER + SLOTS * SLOT_BYTES)
         self._head = self.ring.array(np.int64, (2,))  # rung, applied
         # Not "shardemb-...": the sweep of stale buffers must never open a FIFO.
-        base = os.path.join(SHM_DIR, f"shardemb_bell-{os.getpid()}-{self.key[:12].decode()}")
+        base = os.path.join(SHM_DIR, f"shardemb_bell-{os.getpid()}-{self.key[:12]}")
         self._paths = (f"{base}.ring", f"{base}.done")
         self._bell_fd = self._done_fd = None
         try:
@@ -142,7 +139,7 @@ class DoorbellClient:
             except BlockingIOError:
                 pass  # the FIFO is full of unread rings: the host is awake anyway
             except BrokenPipeError:
-                self.gone = "its host closed the doorbell (the host process exited)"
+                self.gone = "it closed the doorbell (its process exited)"
             return DoorbellFuture(self, seq, len(items))
 
     def _harvest(self) -> None:
@@ -162,7 +159,7 @@ class DoorbellClient:
         """Block until the host answers (or is gone, or ``deadline`` passes: raises)."""
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            raise ShardTimeoutError("A shard host did not apply a push in time.")
+            raise ShardTimeoutError("A shard actor did not apply a push in time.")
         ready, _, _ = select.select([self._done_fd], [], [], left)
         if ready:
             self._read_answers()
@@ -206,7 +203,7 @@ class DoorbellClient:
             self._harvest()
             if fut.seq > self.applied:
                 raise ShardUnavailableError(
-                    f"A shard host is unreachable: {self.gone or 'not answering'}; "
+                    f"A shard actor is unreachable: {self.gone or 'not answering'}; "
                     f"push {fut.seq} was not applied."
                 )
             return self._errors.get(fut.seq) or [None] * fut.items
